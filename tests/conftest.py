@@ -1,0 +1,10 @@
+import sys
+from pathlib import Path
+
+import torch
+
+# The scripts live at the repository root and are imported as modules (importing one trains nothing).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# The exact tests build thousands of tiny tensors: one thread spares them thread start-up and contention.
+torch.set_num_threads(1)

@@ -1,0 +1,220 @@
+"""Exact objectives and exact expected gradients on problems small enough to enumerate.
+
+Every test of a gradient estimator in this project follows one recipe, in float64:
+
+1. the true gradient:  grad J(theta) by central finite differences of an objective J that is
+   computed exactly (by enumerating every outcome, or by dynamic programming);
+2. the estimator's expectation:  E[grad L] = sum_k P(sample_k) * grad L(sample_k), enumerating every
+   sample (a trajectory, a batch of N trajectories, a group of G completions) with its probability
+   held fixed (detached), and L built with the script's own functions;
+3. a comparison to about 1e-6 relative, or a proof that the two differ by an exactly known amount.
+
+Nothing here samples, so nothing here is flaky. The pieces:
+
+    fd_grad(f, theta)                 central differences of a scalar function of a tensor
+    assert_close(a, b) / cosine(a, b) relative agreement / the angle between two gradients
+    LayeredMDP                        a small episodic tabular MDP (and a bandit as its one-state case):
+                                      every trajectory with its probability, J exactly, V^pi and Q^pi
+    random_mdp(seed), bandit(rewards) the two problems the tests use
+    independent_batches(samples, n)   every ordered batch of n independent samples, with probability
+    expected_grad(theta, weighted, L) sum_k P_k * grad L(x_k), one backward pass
+    token_sequences(vocab, eos, T)    every completion a token model can emit (for the GRPO tests)
+    TokenTree(vocab, eos, T)          a tabular autoregressive model over those completions: the per-token
+                                      log-probabilities of every one, padded to T with a mask, and their
+                                      probabilities (a tiny language model whose J is exact)
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+F64 = torch.float64  # every tensor of an exact computation is float64
+
+
+# ----------------------------------------------------------------------------------------------
+# Numerical tools
+# ----------------------------------------------------------------------------------------------
+def fd_grad(f, theta: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """d f / d theta by central differences, (f(theta + eps e_i) - f(theta - eps e_i)) / (2 eps).
+
+    In float64 the truncation error is O(eps^2) ~ 1e-10 and the rounding error O(1e-16 / eps) ~ 1e-11.
+    """
+    base = theta.detach().clone()
+    grad = torch.zeros_like(base)
+    for i in range(base.numel()):
+        step = torch.zeros_like(base)
+        step.view(-1)[i] = eps
+        grad.view(-1)[i] = (float(f(base + step)) - float(f(base - step))) / (2 * eps)
+    return grad
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-6) -> None:
+    """||actual - expected|| <= rtol * ||expected||, with both norms in the message."""
+    err = (actual - expected).norm().item()
+    scale = expected.norm().item()
+    assert err <= rtol * scale, f"relative error {err / max(scale, 1e-300):.3e} > {rtol:g} (|expected| = {scale:.3e})"
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine of the angle between two gradients (1.0 means parallel)."""
+    return float((a.reshape(-1) @ b.reshape(-1)) / (a.norm() * b.norm()))
+
+
+# ----------------------------------------------------------------------------------------------
+# A small episodic MDP
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trajectory:
+    """One episode: s_0 a_0 r_0 s_1 a_1 r_1 ... ending in the terminal state after len(actions) steps."""
+
+    states: tuple[int, ...]
+    actions: tuple[int, ...]
+    rewards: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+class LayeredMDP:
+    """An episodic MDP whose states are numbered by depth: a transition from a state at depth d goes to
+    a state at depth d + 1 or to the terminal state. Every episode therefore ends within `depth` steps,
+    the time step is a function of the state, and V^pi, Q^pi depend on the state alone.
+
+    P[s, a, s'] and R[s, a, s'] have shape [S, A, S + 1]; the last index s' = S is the terminal state.
+    The start state is 0. The policy is a table pi[s, a] (rows sum to one).
+    """
+
+    def __init__(self, P: torch.Tensor, R: torch.Tensor):
+        S, A, S1 = P.shape
+        assert S1 == S + 1 and R.shape == P.shape
+        assert torch.allclose(P.sum(-1), torch.ones(S, A, dtype=P.dtype))
+        for s in range(S):  # layered: only forward transitions, so episodes end
+            assert P[s, :, : s + 1].abs().sum() == 0, "transitions must go to a later state"
+        self.P, self.R, self.S, self.A, self.terminal = P, R, S, A, S
+
+    def trajectories(self, pi: torch.Tensor) -> list[tuple[Trajectory, torch.Tensor]]:
+        """Every trajectory with its probability under pi (a differentiable function of pi)."""
+        out = []
+
+        def extend(s, states, actions, rewards, prob):
+            for a in range(self.A):
+                for s2 in range(self.S + 1):
+                    p = self.P[s, a, s2]
+                    if p == 0:
+                        continue
+                    step = (states + (s,), actions + (a,), rewards + (float(self.R[s, a, s2]),), prob * pi[s, a] * p)
+                    if s2 == self.terminal:
+                        out.append((Trajectory(*step[:3]), step[3]))
+                    else:
+                        extend(s2, *step)
+
+        extend(0, (), (), (), torch.ones((), dtype=pi.dtype))
+        return out
+
+    def J(self, pi: torch.Tensor, gamma: float) -> torch.Tensor:
+        """J = E[sum_t gamma^t r_t], by enumerating every trajectory."""
+        return sum(p * discounted_return(tau.rewards, gamma) for tau, p in self.trajectories(pi))
+
+    def values(self, pi: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V^pi [S + 1], Q^pi [S, A]) by dynamic programming from the deepest state back.
+
+        Q(s, a) = sum_s' P(s'|s, a) (R(s, a, s') + gamma V(s')),  V(s) = sum_a pi(a|s) Q(s, a),  V(terminal) = 0.
+        """
+        V = torch.zeros(self.S + 1, dtype=pi.dtype)
+        Q = torch.zeros(self.S, self.A, dtype=pi.dtype)
+        for s in reversed(range(self.S)):
+            Q[s] = (self.P[s] * (self.R[s] + gamma * V)).sum(-1)
+            V[s] = (pi[s] * Q[s]).sum()
+        return V, Q
+
+
+def discounted_return(rewards, gamma: float) -> float:
+    return sum(gamma**t * r for t, r in enumerate(rewards))
+
+
+def random_mdp(seed: int = 0, n_actions: int = 2) -> LayeredMDP:
+    """Five states in three layers, {0} -> {1, 2} -> {3, 4} -> terminal, with stochastic transitions,
+    an early-termination chance at every step (so lengths vary from 1 to 3) and random rewards on
+    transitions. Two actions give 42 trajectories."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [[0], [1, 2], [3, 4]]
+    S = 5
+    P = torch.zeros(S, n_actions, S + 1, dtype=F64)
+    for d, layer in enumerate(layers):
+        nxt = (layers[d + 1] if d + 1 < len(layers) else []) + [S]
+        for s in layer:
+            w = torch.rand(n_actions, len(nxt), generator=g, dtype=F64) + 0.2
+            P[s][:, nxt] = w / w.sum(-1, keepdim=True)
+    R = torch.randn(S, n_actions, S + 1, generator=g, dtype=F64) * (P > 0)
+    return LayeredMDP(P, R)
+
+
+def bandit(rewards: list[float]) -> LayeredMDP:
+    """A one-step problem: pull arm a, get rewards[a], the episode ends."""
+    A = len(rewards)
+    P = torch.zeros(1, A, 2, dtype=F64)
+    P[0, :, 1] = 1.0
+    R = torch.zeros(1, A, 2, dtype=F64)
+    R[0, :, 1] = torch.tensor(rewards, dtype=P.dtype)
+    return LayeredMDP(P, R)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact expectations
+# ----------------------------------------------------------------------------------------------
+def independent_batches(samples: list[tuple[object, torch.Tensor]], n: int):
+    """Every ordered batch (x_1, ..., x_n) of n independent draws, with probability prod_i P(x_i)."""
+    for combo in itertools.product(samples, repeat=n):
+        prob = torch.ones((), dtype=F64)
+        for _, p in combo:
+            prob = prob * p
+        yield tuple(x for x, _ in combo), prob
+
+
+def expected_grad(theta: torch.Tensor, weighted, loss) -> torch.Tensor:
+    """E[grad L] = sum_k P_k * grad_theta L(x_k) for (x_k, P_k) in `weighted`, with P_k detached:
+    the expectation of the gradient a sampler would see, not the gradient of the expectation."""
+    total = sum(p.detach() * loss(x) for x, p in weighted)
+    return torch.autograd.grad(total, theta)[0]
+
+
+def token_sequences(vocab_size: int, eos: int, max_len: int) -> list[tuple[int, ...]]:
+    """Every completion a token model can emit: up to max_len tokens, stopping at the first eos
+    (which is included), or cut at max_len without one."""
+    out = []
+    for length in range(1, max_len + 1):
+        for seq in itertools.product(range(vocab_size), repeat=length):
+            first_eos = seq.index(eos) if eos in seq else None
+            if first_eos == length - 1 or (first_eos is None and length == max_len):
+                out.append(seq)
+    return out
+
+
+class TokenTree:
+    """A tabular autoregressive model: one row of logits per prefix, pi(o_t | o_<t) = softmax(theta[row(o_<t)])[o_t],
+    over every completion of token_sequences(vocab_size, eos, max_len). theta: [n_rows, vocab_size]."""
+
+    def __init__(self, vocab_size: int, eos: int, max_len: int):
+        self.vocab_size, self.eos, self.max_len = vocab_size, eos, max_len
+        self.sequences = token_sequences(vocab_size, eos, max_len)
+        prefixes = sorted({s[:t] for s in self.sequences for t in range(len(s))})
+        self.n_rows = len(prefixes)
+        row = {p: i for i, p in enumerate(prefixes)}
+        pad = [(0, 0)] * max_len  # (row, token) of a padding position; masked out
+        index = [[(row[s[:t]], s[t]) for t in range(len(s))] + pad[len(s) :] for s in self.sequences]
+        self._rows = torch.tensor([[r for r, _ in seq] for seq in index])
+        self._tokens = torch.tensor([[a for _, a in seq] for seq in index])
+        self.mask = torch.tensor([[float(t < len(s)) for t in range(max_len)] for s in self.sequences], dtype=F64)
+        self.lengths = self.mask.sum(-1)
+
+    def logprobs(self, theta: torch.Tensor) -> torch.Tensor:
+        """log pi(o_t | o_<t) of every token of every sequence, 0 at padding: [N, max_len]."""
+        logp = theta.log_softmax(-1)[self._rows, self._tokens]
+        return logp * self.mask
+
+    def probs(self, theta: torch.Tensor) -> torch.Tensor:
+        """pi(o) of every sequence: [N], summing to one."""
+        return self.logprobs(theta).sum(-1).exp()

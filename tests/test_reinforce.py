@@ -1,0 +1,340 @@
+"""reinforce.py: its estimator, proved exactly on a small MDP; then its command line, run for real.
+
+The gradient tests use the recipe of tests/exact.py: grad J by finite differences of the exactly
+enumerated objective, against the exact expectation of the gradient of reinforce.py's own
+policy_loss, with advantages built by its own returns_to_go and leave_one_out_baseline.
+"""
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import pytest
+import torch
+from exact import F64, LayeredMDP, assert_close, bandit, expected_grad, fd_grad, independent_batches, random_mdp
+
+import reinforce
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MDP = random_mdp(seed=0)
+THETA = torch.randn(MDP.S, MDP.A, generator=torch.Generator().manual_seed(3), dtype=F64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks: one trajectory as the tensors the script works on
+# ----------------------------------------------------------------------------------------------
+def episode_tensors(tau, theta):
+    """log pi(a_t|s_t) [T] (a function of theta), rewards [T], dones [T], timesteps [T]."""
+    log_probs = torch.log_softmax(theta, -1)[list(tau.states), list(tau.actions)]
+    rewards = torch.tensor(tau.rewards, dtype=F64)
+    dones = torch.zeros(len(tau), dtype=F64)
+    dones[-1] = 1.0
+    return log_probs, rewards, dones, torch.arange(len(tau))
+
+
+def true_grad(mdp, theta, gamma):
+    return fd_grad(lambda t: mdp.J(torch.softmax(t, -1), gamma), theta)
+
+
+def advantage(tau, theta, mdp, gamma, form, discount_weight):
+    """Weight of each log pi(a_t|s_t): `whole` R(tau), `rtg` G_t, `rtg-v` G_t - V^pi(s_t); times gamma^t if asked."""
+    _, rewards, dones, timesteps = episode_tensors(tau, theta)
+    G = reinforce.returns_to_go(rewards, dones, gamma)
+    if form == "whole":
+        A = G[0].expand(len(tau))
+    elif form == "rtg":
+        A = G
+    else:
+        V, _ = mdp.values(torch.softmax(theta, -1), gamma)
+        A = G - V[list(tau.states)]
+    return A * gamma**timesteps if discount_weight else A
+
+
+def estimator_mean(mdp, theta, gamma, form, discount_weight):
+    """E[g] for a batch of one episode: -E[grad policy_loss], enumerating every trajectory."""
+    theta = theta.clone().requires_grad_(True)
+    trajectories = mdp.trajectories(torch.softmax(theta, -1))
+
+    def loss(tau):
+        log_probs = episode_tensors(tau, theta)[0]
+        return reinforce.policy_loss(log_probs, advantage(tau, theta.detach(), mdp, gamma, form, discount_weight), 1)
+
+    return -expected_grad(theta, trajectories, loss)
+
+
+# ----------------------------------------------------------------------------------------------
+# a. The estimator's expectation is grad J
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["whole", "rtg", "rtg-v"])
+def test_undiscounted_estimator_is_exact_gradient(form):
+    """gamma = 1: the script's form (no gamma^t) is exactly grad J, with or without the V^pi baseline."""
+    assert_close(estimator_mean(MDP, THETA, 1.0, form, discount_weight=False), true_grad(MDP, THETA, 1.0))
+
+
+@pytest.mark.parametrize("form", ["rtg", "rtg-v"])
+def test_discounted_objective_needs_the_gamma_t_factor(form):
+    """gamma < 1: weighting by gamma^t gives exactly grad J; the usual form (the script's) does not."""
+    gamma = 0.8
+    exact = true_grad(MDP, THETA, gamma)
+    assert_close(estimator_mean(MDP, THETA, gamma, form, discount_weight=True), exact)
+    usual = estimator_mean(MDP, THETA, gamma, form, discount_weight=False)
+    assert (usual - exact).norm() > 0.05 * exact.norm()
+
+
+def test_whole_return_needs_no_gamma_t_factor():
+    """The whole discounted return R(tau) already is sum_t gamma^t r_t: grad log p(tau) R(tau) is exact."""
+    gamma = 0.8
+    assert_close(estimator_mean(MDP, THETA, gamma, "whole", discount_weight=False), true_grad(MDP, THETA, gamma))
+
+
+# ----------------------------------------------------------------------------------------------
+# b. Batch-mean baselines
+# ----------------------------------------------------------------------------------------------
+def batch_estimator_mean(mdp, theta, n, advantages_of_batch):
+    """-E[grad policy_loss] over every batch of n independent episodes."""
+    theta = theta.clone().requires_grad_(True)
+    trajectories = mdp.trajectories(torch.softmax(theta, -1))
+
+    def loss(batch):
+        parts = [episode_tensors(tau, theta) for tau in batch]
+        log_probs, rewards, dones, timesteps = (torch.cat(x) for x in zip(*parts, strict=True))
+        A = advantages_of_batch(reinforce.returns_to_go(rewards, dones, 1.0), timesteps, dones)
+        return reinforce.policy_loss(log_probs, A, num_episodes=n)
+
+    return -expected_grad(theta, independent_batches(trajectories, n), loss)
+
+
+def whole_return_minus_inclusive_mean(G, timesteps, dones):
+    starts = timesteps == 0
+    R = G[starts]  # each episode's whole return
+    episode = torch.cumsum(starts.long(), 0) - 1
+    return (R - R.mean())[episode]
+
+
+@pytest.mark.parametrize("problem,n", [("mdp", 2), ("bandit", 3)])
+def test_inclusive_batch_mean_shrinks_gradient_by_n_minus_1_over_n(problem, n):
+    """R_i - mean_j R_j = (N-1)/N (R_i - mean_{j != i} R_j), so E[g] = (N-1)/N grad J exactly."""
+    mdp = MDP if problem == "mdp" else bandit([1.0, 0.0, 2.5])
+    theta = THETA if problem == "mdp" else torch.tensor([[0.3, -0.2, 0.1]], dtype=F64)
+    got = batch_estimator_mean(mdp, theta, n, whole_return_minus_inclusive_mean)
+    exact = true_grad(mdp, theta, 1.0)
+    assert_close(got, (n - 1) / n * exact)
+    assert (got - exact).norm() > 0.1 * exact.norm()
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_script_leave_one_out_baseline_is_unbiased(n):
+    """The script's --baseline mean (returns-to-go minus the leave-one-out per-step mean) has E[g] = grad J."""
+    mdp = MDP if n == 2 else bandit([1.0, 0.0, 2.5])
+    theta = THETA if n == 2 else torch.tensor([[0.3, -0.2, 0.1]], dtype=F64)
+    got = batch_estimator_mean(mdp, theta, n, lambda G, t, d: G - reinforce.leave_one_out_baseline(G, t))
+    assert_close(got, true_grad(mdp, theta, 1.0))
+
+
+def test_leave_one_out_baseline_by_hand():
+    # three episodes of lengths 3, 1, 2 laid end to end; G and t per step
+    G = torch.tensor([6.0, 4.0, 1.0, 2.0, 9.0, 3.0], dtype=F64)
+    t = torch.tensor([0, 1, 2, 0, 0, 1])
+    # t=0: {6, 2, 9} -> (2+9)/2, (6+9)/2, (6+2)/2;  t=1: {4, 3} -> 3, 4;  t=2: only one episode -> 0
+    expected = torch.tensor([5.5, 3.0, 0.0, 7.5, 4.0, 4.0], dtype=F64)
+    assert_close(reinforce.leave_one_out_baseline(G, t), expected, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# c. Exact variance of the one-episode estimator
+# ----------------------------------------------------------------------------------------------
+# Neither reduction is a theorem for every MDP: dropping past rewards removes their variance but also
+# their covariance with the later terms, which can be negative. With rewards of one sign, as in
+# CartPole's +1 per step, both reductions hold; the test shows them exactly on such a problem.
+POSITIVE_MDP = LayeredMDP(MDP.P, (MDP.R.abs() + 0.5) * (MDP.P > 0))
+
+
+def estimator_variance(form):
+    """E ||g - E g||^2 of the one-episode estimator (gamma = 1), by enumeration, with E g checked = grad J."""
+    theta = THETA.clone().requires_grad_(True)
+    gs, ps = [], []
+    for tau, p in POSITIVE_MDP.trajectories(torch.softmax(THETA, -1)):
+        log_probs = episode_tensors(tau, theta)[0]
+        loss = reinforce.policy_loss(log_probs, advantage(tau, THETA, POSITIVE_MDP, 1.0, form, False), 1)
+        gs.append(-torch.autograd.grad(loss, theta)[0].reshape(-1))
+        ps.append(float(p))
+    g, p = torch.stack(gs), torch.tensor(ps, dtype=F64)
+    mean = (p[:, None] * g).sum(0)
+    assert_close(mean, true_grad(POSITIVE_MDP, THETA, 1.0).reshape(-1))  # same mean: only the variance differs
+    return float((p * ((g - mean) ** 2).sum(-1)).sum())
+
+
+def test_returns_to_go_and_value_baseline_reduce_variance():
+    whole, rtg, rtg_v = estimator_variance("whole"), estimator_variance("rtg"), estimator_variance("rtg-v")
+    assert rtg < 0.9 * whole, (rtg, whole)
+    assert rtg_v < 0.5 * rtg, (rtg_v, rtg)
+
+
+# ----------------------------------------------------------------------------------------------
+# d. Returns-to-go over a batch of several episodes, one of them cut by a time limit
+# ----------------------------------------------------------------------------------------------
+def test_returns_to_go_by_hand():
+    # episode A terminates after 3 steps, B is cut by a time limit after 2 (no bootstrap), C lasts 1 step
+    rewards = torch.tensor([1.0, 2.0, 3.0, 1.0, 1.0, 5.0], dtype=F64)
+    dones = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0], dtype=F64)
+    expected = torch.tensor([1 + 0.5 * 3.5, 2 + 0.5 * 3, 3, 1 + 0.5 * 1, 1, 5], dtype=F64)
+    assert_close(reinforce.returns_to_go(rewards, dones, 0.5), expected, rtol=1e-12)
+
+
+def test_rollout_lays_out_whole_episodes_including_truncated_ones():
+    envs = [gym.make("CartPole-v1", max_episode_steps=7) for _ in range(3)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    ended = []
+    policy = reinforce.Policy(4, envs[0].action_space, 8)
+    batch = reinforce.rollout(envs, policy, torch.device("cpu"), lambda ret, n, k: ended.append((ret, n)))
+    lengths = [n for _, n in ended]
+    assert len(ended) == 3 and max(lengths) <= 7 and sum(lengths) == len(batch["rewards"])
+    # timesteps restart at each episode, and dones mark exactly the last step of each
+    assert (batch["dones"] == 1).sum() == 3
+    starts = torch.nonzero(batch["timesteps"] == 0).squeeze(-1)
+    assert torch.equal(
+        batch["dones"].nonzero().squeeze(-1), torch.cat([starts[1:] - 1, starts.new_tensor([len(batch["dones"]) - 1])])
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# e. The Gaussian policy's log-probability and entropy
+# ----------------------------------------------------------------------------------------------
+def test_gaussian_log_prob_and_entropy_closed_forms():
+    g = torch.Generator().manual_seed(0)
+    mean, log_std, action = (
+        torch.randn(5, 3, generator=g, dtype=F64),
+        torch.randn(3, generator=g, dtype=F64),
+        torch.randn(5, 3, generator=g, dtype=F64),
+    )
+    for i in range(5):
+        closed = sum(
+            -((action[i, d] - mean[i, d]) ** 2) / (2 * math.exp(2 * log_std[d]))
+            - log_std[d]
+            - 0.5 * math.log(2 * math.pi)
+            for d in range(3)
+        )
+        assert abs(float(reinforce.gaussian_log_prob(mean, log_std, action)[i] - closed)) < 1e-12
+    closed_entropy = sum(0.5 * math.log(2 * math.pi * math.e * math.exp(2 * s)) for s in log_std.tolist())
+    assert abs(float(reinforce.gaussian_entropy(log_std)) - closed_entropy) < 1e-12
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    assert_close(reinforce.gaussian_log_prob(mean, log_std, action), normal.log_prob(action).sum(-1), rtol=1e-12)
+
+
+def test_gaussian_gradients():
+    g = torch.Generator().manual_seed(1)
+    mean, log_std, action = (
+        torch.randn(*s, generator=g, dtype=F64).requires_grad_(True) for s in [(4, 2), (2,), (4, 2)]
+    )
+    assert torch.autograd.gradcheck(reinforce.gaussian_log_prob, (mean, log_std, action))
+    assert torch.autograd.gradcheck(reinforce.gaussian_entropy, (log_std,))
+
+
+# ----------------------------------------------------------------------------------------------
+# f. Short runs, the files they write, and --eval
+# ----------------------------------------------------------------------------------------------
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert reinforce.main(["--total-timesteps", "15000", "--seed", "1", "--run-dir", str(run)]) == 0
+    rows = read_csv(run / "metrics.csv")
+    first = sum(float(r["episodic_return"]) for r in rows[:3]) / 3
+    last = sum(float(r["episodic_return"]) for r in rows[-3:]) / 3
+    assert last > 2 * first and last > 100, (first, last)
+    episodes = read_csv(run / "episodes.csv")
+    assert int(episodes[-1]["global_step"]) <= int(rows[-1]["global_step"])
+    assert reinforce.main(["--eval", str(run / "model.pt"), "--eval-episodes", "3"]) == 0
+    assert "mean return" in capsys.readouterr().out
+
+
+def test_pendulum_gaussian_path_runs(tmp_path):
+    run = tmp_path / "run"
+    assert reinforce.main(["--env-id", "Pendulum-v1", "--total-timesteps", "3200", "--run-dir", str(run)]) == 0
+    assert len(read_csv(run / "metrics.csv")) == 2 and (run / "model.pt").exists()
+    assert reinforce.main(["--eval", str(run / "model.pt"), "--eval-episodes", "1"]) == 0
+
+
+def test_same_seed_same_metrics(tmp_path):
+    for name in ("a", "b"):
+        reinforce.main(["--total-timesteps", "3000", "--baseline", "value", "--run-dir", str(tmp_path / name)])
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_time", "sps")} for r in rows]  # noqa: E731
+    assert strip(read_csv(tmp_path / "a/metrics.csv")) == strip(read_csv(tmp_path / "b/metrics.csv"))
+
+
+# ----------------------------------------------------------------------------------------------
+# g. Bad input: one line, exit status 2, no traceback; Ctrl-C and non-finite losses keep the files
+# ----------------------------------------------------------------------------------------------
+def run_cli(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "reinforce.py"), *args], capture_output=True, text=True, **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["--learning-rate", "-0.1"], "--learning-rate"),
+        (["--gamma", "1.5"], "--gamma"),
+        (["--eval", "/nonexistent/model.pt"], "not found"),
+        (["--baseline", "median"], "--baseline"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(argv, needle, tmp_path):
+    out = run_cli(*argv, "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, capsys):
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    torch.save({"algo": "ppo"}, tmp_path / "foreign.pt")
+    for name in ("corrupt.pt", "foreign.pt"):
+        assert reinforce.main(["--eval", str(tmp_path / name)]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_saves_checkpoint_and_metrics(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "reinforce.py"), "--run-dir", str(run), "--total-timesteps", "10000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while not (run / "metrics.csv").exists() or len(read_csv(run / "metrics.csv")) < 2:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    state = reinforce.load_checkpoint(str(run / "model.pt"))
+    assert state["global_step"] >= int(read_csv(run / "metrics.csv")[-1]["global_step"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def loss_that_breaks(*args, **kwargs):  # the real loss for 4 updates, then NaN
+        calls.append(1)
+        return reinforce_policy_loss(*args, **kwargs) * (float("nan") if len(calls) > 4 else 1.0)
+
+    reinforce_policy_loss = reinforce.policy_loss
+    monkeypatch.setattr(reinforce, "policy_loss", loss_that_breaks)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        reinforce.main(["--log-interval", "2", "--run-dir", str(run), "--total-timesteps", "50000"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and "non-finite policy loss at global step" in err and str(run / "model.pt") in err
+    rows = read_csv(run / "metrics.csv")
+    assert len(rows) == 4  # every finished update is in metrics.csv, and the checkpoint is from update 4
+    assert reinforce.load_checkpoint(str(run / "model.pt"))["global_step"] == int(rows[-1]["global_step"])
