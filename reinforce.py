@@ -15,7 +15,7 @@ Objective and gradient, with the names used in the code:
     g          = 1/N sum_i sum_t grad log pi(a_t^i|s_t^i) * A_t^i       policy_loss() = -that, over N episodes
 Three facts make g a good estimator, and tests/test_reinforce.py proves each one exactly:
   * returns-to-go: an action cannot change rewards that came before it, so replacing the whole
-    return R(tau) by G_t removes noise without changing the expectation (lower variance, same mean);
+    return R(tau) by G_t removes terms whose expectation is zero (same mean, usually lower variance);
   * baseline: any b_t that does not depend on a_t (given s_t) has E[grad log pi(a_t|s_t) b_t] = 0,
     so subtracting it changes the variance, not the mean. `--baseline` chooses b_t:
       none   b_t = 0;
@@ -34,7 +34,8 @@ Three facts make g a good estimator, and tests/test_reinforce.py proves each one
 Episodes are Monte Carlo: an episode cut by a time limit contributes the rewards it saw, with no
 bootstrapped tail (a return-to-go sums only observed rewards). For a task scored by its time-limited
 return, like CartPole-v1, that is exactly the objective. Bootstrapping arrives in actor_critic.py.
-The loss averages over episodes, not steps: dividing by the total number of steps in the batch
+Each update is one Adam step on policy_loss, its gradient's norm clipped (a step-size guard that keeps
+the direction). The loss averages over episodes, not steps: dividing by the total number of steps in the batch
 would make the weight of each episode depend on the lengths of the others, which biases g.
 
 What this script is the first of: the five later scripts keep its shape and command line.
