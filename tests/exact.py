@@ -22,11 +22,15 @@ Nothing here samples, so nothing here is flaky. The pieces:
     TokenTree(vocab, eos, T)          a tabular autoregressive model over those completions: the per-token
                                       log-probabilities of every one, padded to T with a mask, and their
                                       probabilities (a tiny language model whose J is exact)
+    true_grad(mdp, theta, gamma)      grad J of the softmax table policy, by finite differences (appended)
+    trajectory_log_probs(tau, theta)  log pi(a_t|s_t) along one trajectory, a function of theta (appended)
+    discounted_visits(mdp, pi, gamma) d_gamma(s) = sum_t gamma^t P(s_t = s), by dynamic programming (appended)
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -218,3 +222,44 @@ class TokenTree:
     def probs(self, theta: torch.Tensor) -> torch.Tensor:
         """pi(o) of every sequence: [N], summing to one."""
         return self.logprobs(theta).sum(-1).exp()
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared by the tests of several scripts (appended; test_reinforce.py has its own copies of the first two)
+# ----------------------------------------------------------------------------------------------
+def true_grad(mdp: LayeredMDP, theta: torch.Tensor, gamma: float) -> torch.Tensor:
+    """grad J of the softmax table policy pi = softmax(theta) [S, A], by finite differences of the exact J."""
+    return fd_grad(lambda t: mdp.J(torch.softmax(t, -1), gamma), theta)
+
+
+def trajectory_log_probs(tau: Trajectory, theta: torch.Tensor) -> torch.Tensor:
+    """log pi(a_t|s_t) of each step of tau under pi = softmax(theta): [len(tau)], a function of theta."""
+    return torch.log_softmax(theta, -1)[list(tau.states), list(tau.actions)]
+
+
+def discounted_visits(mdp: LayeredMDP, pi: torch.Tensor, gamma: float) -> torch.Tensor:
+    """d_gamma(s) = sum_t gamma^t P(s_t = s) [S], forward from the start state (states are numbered in the
+    order transitions allow). At gamma = 1: the expected number of visits to s in one episode."""
+    d = torch.zeros(mdp.S, dtype=pi.dtype)
+    d[0] = 1.0
+    for s in range(mdp.S):
+        d = d + gamma * d[s] * (pi[s, :, None] * mdp.P[s, :, : mdp.S]).sum(0)
+    return d
+
+
+def every_group(probs: torch.Tensor, G: int):
+    """Every ordered group of G independent draws from a distribution over indices 0..len(probs) - 1,
+    with its probability: independent_batches for a categorical distribution."""
+    return independent_batches([(i, probs[i]) for i in range(len(probs))], G)
+
+
+def conditional_advantages(p: float, G: int, advantage) -> tuple[float, float]:
+    """(E[A_i | r_i = 1], E[A_i | r_i = 0]) for binary rewards, when each of the other G - 1 members of the
+    group is right with probability p (k of them right, k ~ Binomial(G - 1, p)). advantage(r, m, G) is the
+    advantage of a completion with reward r in a group of G whose rewards hold m ones."""
+    right = wrong = 0.0
+    for k in range(G):
+        pk = math.comb(G - 1, k) * p**k * (1 - p) ** (G - 1 - k)
+        right += pk * advantage(1.0, k + 1, G)
+        wrong += pk * advantage(0.0, k, G)
+    return right, wrong

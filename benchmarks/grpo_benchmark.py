@@ -1,0 +1,132 @@
+"""grpo.py's benchmark: greedy accuracy on the held-out prompts against updates and wall-clock seconds,
+for several seeds, and the mean completion length of correct and incorrect completions over training.
+
+    python benchmarks/grpo_benchmark.py --seeds 1 2 3 --total-updates 300
+
+Each seed runs `python grpo.py --seed S --total-updates N --run-dir <tmp>` to its end, one after another.
+Seconds are measured from launching the process (Python start-up and imports included) to the moment a
+row of metrics.csv appears (polled every 20 ms). "To 95%" is the first update whose greedy accuracy on
+the 200 held-out prompts reaches the threshold. Lengths count tokens up to and including EOS (at most
+--max-completion-len, 8 by default), averaged over the sampled completions of each window of updates.
+Extra arguments after `--` go to grpo.py unchanged. Prints markdown tables, the machine's load average
+before and after (other jobs make wall-clock times noisy), and the command line that produced them.
+"""
+
+import argparse
+import csv
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_rows(path: str) -> list[dict[str, str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("loss")]  # a row being written has no last column yet
+
+
+def run_seed(seed: int, updates: int, extra: list[str], run_dir: str) -> tuple[list[dict[str, str]], list[float]]:
+    """Run one seed to its end; return its metrics rows and, for each row, seconds from launch to its appearance."""
+    cmd = [sys.executable, os.path.join(ROOT, "grpo.py"), "--seed", str(seed), "--total-updates", str(updates),
+           "--run-dir", run_dir, *extra]  # fmt: skip
+    path = os.path.join(run_dir, "metrics.csv")
+    start = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: list[float] = []
+    while proc.poll() is None:
+        time.sleep(0.02)
+        n = len(read_rows(path))
+        seen.extend([time.time() - start] * (n - len(seen)))
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed with exit status {proc.returncode}: {proc.stderr.read().strip()}")
+    rows = read_rows(path)
+    seen.extend([time.time() - start] * (len(rows) - len(seen)))
+    return rows, seen
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def nanmean(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.mean(values) if values else float("nan")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--total-updates", type=int, default=300)
+    parser.add_argument("--threshold", type=float, default=0.95)
+    parser.add_argument("--window", type=int, default=25, help="updates per row of the length table")
+    parser.add_argument("extra", nargs="*", help="arguments for grpo.py, after --")
+    args = parser.parse_args()
+
+    load_before = load_average()
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            runs[seed] = run_seed(seed, args.total_updates, args.extra, os.path.join(tmp, str(seed)))
+            print(f"seed {seed}: {len(runs[seed][0])} updates in {runs[seed][1][-1]:.1f} s", file=sys.stderr)
+    load_after = load_average()
+
+    print(f"### Time to {args.threshold:.0%} greedy accuracy on the held-out prompts\n")
+    print("| seed | updates to reach | seconds to reach | final accuracy | updates | total seconds |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    reached_u, reached_s = [], []
+    for seed, (rows, seen) in runs.items():
+        hit = next((i for i, r in enumerate(rows) if float(r["eval_accuracy"]) >= args.threshold), None)
+        u = int(rows[hit]["global_step"]) if hit is not None else None
+        s = seen[hit] if hit is not None else None
+        if hit is not None:
+            reached_u.append(u)
+            reached_s.append(s)
+        final = float(rows[-1]["eval_accuracy"])
+        print(f"| {seed} | {u if u is not None else 'not reached'} | {fmt(s, 1)} | {final:.3f} | {len(rows)} "
+              f"| {seen[-1]:.1f} |")  # fmt: skip
+    if reached_u:
+        print(f"| median of {len(reached_u)} reached | {statistics.median(reached_u):g} | "
+              f"{statistics.median(reached_s):.1f} | | | |")  # fmt: skip
+
+    print("\n### Greedy accuracy against updates and seconds (mean over seeds; per seed in brackets)\n")
+    print("| update | seconds (mean) | accuracy (mean) | per seed |")
+    print("| ---: | ---: | ---: | --- |")
+    n = min(len(rows) for rows, _ in runs.values())
+    marks = sorted({m for m in (1, 10, 25, 50, 75, 100, 150, 200, 300, 400, 600, 800, n) if m <= n})
+    for m in marks:
+        accs = [float(rows[m - 1]["eval_accuracy"]) for rows, _ in runs.values()]
+        secs = [seen[m - 1] for _, seen in runs.values()]
+        per_seed = ", ".join(f"{a:.3f}" for a in accs)
+        print(f"| {m} | {statistics.mean(secs):.1f} | {statistics.mean(accs):.3f} | {per_seed} |")
+
+    print(f"\n### Mean completion length (tokens, EOS included), correct and incorrect, per {args.window} updates\n")
+    print("| updates | mean reward | length correct | length incorrect |")
+    print("| --- | ---: | ---: | ---: |")
+    for lo in range(0, n, args.window):
+        window = [r for rows, _ in runs.values() for r in rows[lo : lo + args.window]]
+        reward = nanmean(float(r["mean_reward"]) for r in window)
+        right = nanmean(float(r["length_correct"]) for r in window)
+        wrong = nanmean(float(r["length_incorrect"]) for r in window)
+        print(f"| {lo + 1}-{min(lo + args.window, n)} | {reward:.3f} | {fmt(right)} | {fmt(wrong)} |")
+
+    command = " ".join(["python", "benchmarks/grpo_benchmark.py", *sys.argv[1:]])
+    print(f"\nProduced by `{command}`; load average (1, 5, 15 min) before {load_before}, after {load_after}; "
+          f"{os.cpu_count()} CPUs.")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
