@@ -365,6 +365,8 @@ def update(policy, optimizer, batch: dict[str, torch.Tensor], args: Args) -> dic
             stats["loss"] += loss.item() / args.num_iterations
             stats["kl"] += ((kl * mask).sum() / n_tokens).item() / args.num_iterations
             stats["clip_fraction"] += ((clipped * mask).sum() / n_tokens).item() / args.num_iterations
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+        raise FloatingPointError("parameters")
     return stats
 
 
@@ -441,7 +443,7 @@ def train(args: Args) -> dict[str, float]:
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"grpo on task {args.task} | device {device} | {n_params} parameters | run dir {run_dir}")
 
-    update_idx, accuracy = 0, evaluate(policy, task)
+    update_idx, accuracy, saved = 0, evaluate(policy, task), False
     try:
         while update_idx < args.total_updates:
             t0 = time.time()
@@ -456,11 +458,9 @@ def train(args: Args) -> dict[str, float]:
             update_idx += 1
             try:
                 stats = update(policy, optimizer, batch, args)
-            except FloatingPointError as e:
-                if all(torch.isfinite(p).all() for p in policy.parameters()):  # the weights before the bad step
-                    save_checkpoint(model_path, policy, args, update_idx - 1)
-                print(f"stopped: non-finite {e} at update {update_idx}; last good checkpoint {model_path}",
-                      file=sys.stderr)  # fmt: skip
+            except FloatingPointError as e:  # keep the last checkpoint, which was saved with finite weights
+                kept = f"the last good checkpoint is {model_path}" if saved else "no checkpoint was saved before it"
+                print(f"stopped: non-finite {e} at update {update_idx}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
             accuracy = evaluate(policy, task)
             lengths = batch["mask"].sum(-1)
@@ -480,6 +480,7 @@ def train(args: Args) -> dict[str, float]:
             metrics_file.flush()
             if update_idx % args.log_interval == 0 or update_idx >= args.total_updates:
                 save_checkpoint(model_path, policy, args, update_idx)
+                saved = True
                 print(
                     f"update {update_idx:>5} | reward {row['mean_reward']:.3f} | eval acc {accuracy:.3f} | "
                     f"len right {row['length_correct']:4.2f} wrong {row['length_incorrect']:4.2f} | "

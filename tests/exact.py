@@ -225,7 +225,7 @@ class TokenTree:
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared by the tests of several scripts (appended; test_reinforce.py has its own copies of the first two)
+# Shared by the tests of several scripts
 # ----------------------------------------------------------------------------------------------
 def true_grad(mdp: LayeredMDP, theta: torch.Tensor, gamma: float) -> torch.Tensor:
     """grad J of the softmax table policy pi = softmax(theta) [S, A], by finite differences of the exact J."""

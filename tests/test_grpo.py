@@ -4,13 +4,8 @@ The GRPO gradient is biased by design. These tests state what it does equal, pro
 measure how far it is from the true grad J (computed by finite differences of the enumerated J).
 """
 
-import csv
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -25,6 +20,7 @@ from exact import (
     expected_grad,
     fd_grad,
 )
+from runs import read_csv, run_script
 
 import grpo
 
@@ -250,74 +246,14 @@ def test_sampled_logprobs_match_a_forward_pass():
 # ----------------------------------------------------------------------------------------------
 # f. End to end, and the command line
 # ----------------------------------------------------------------------------------------------
-def run_script(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, os.path.join(ROOT, "grpo.py"), *argv], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)  # fmt: skip
-
-
-def read_metrics(run_dir) -> list[dict[str, str]]:
-    with open(os.path.join(run_dir, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
-
-
 def test_short_run_learns_and_eval_reloads(tmp_path):
-    run = run_script("--total-updates", "40", "--seed", "1", "--run-dir", str(tmp_path), "--log-interval", "20")
+    run = run_script("grpo", "--total-updates", "40", "--seed", "1", "--run-dir", str(tmp_path), "--log-interval", "20")
     assert run.returncode == 0, run.stderr
-    rows = read_metrics(tmp_path)
+    rows = read_csv(tmp_path / "metrics.csv")
     assert len(rows) == 40
     first, last = float(rows[0]["eval_accuracy"]), float(rows[-1]["eval_accuracy"])
     assert last >= 0.5 and last >= first + 0.3, (first, last)
 
-    evaluated = run_script("--eval", str(tmp_path / "model.pt"))
+    evaluated = run_script("grpo", "--eval", str(tmp_path / "model.pt"))
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"greedy accuracy {last:.3f}" in evaluated.stdout
-
-
-def test_ctrl_c_saves_checkpoint_and_metrics(tmp_path, capsys):
-    """--log-interval beyond the budget: no periodic checkpoint, so model.pt can only come from the Ctrl-C path."""
-    cmd = [sys.executable, os.path.join(ROOT, "grpo.py"), "--total-updates", "1000", "--log-interval", "1000",
-           "--run-dir", str(tmp_path)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not ((tmp_path / "metrics.csv").exists() and len(read_metrics(tmp_path)) >= 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert f"saved in {tmp_path}" in err and "Traceback" not in err
-    assert len(read_metrics(tmp_path)) >= 3
-    assert grpo.main(["--eval", str(tmp_path / "model.pt")]) == 0
-    assert "greedy accuracy" in capsys.readouterr().out
-
-
-WALL_CLOCK = {"wall_time", "tokens_per_second"}
-
-
-def test_same_seed_same_metrics(tmp_path):
-    tables = []
-    for name in ("a", "b"):
-        grpo.main(["--total-updates", "3", "--prompts-per-update", "4", "--group-size", "3",
-                   "--run-dir", str(tmp_path / name)])  # fmt: skip
-        tables.append([{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in read_metrics(tmp_path / name)])
-    assert len(tables[0]) == 3 and tables[0] == tables[1]
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--task", "poetry"], "unknown --task 'poetry'"),
-        (["--group-size", "1"], "--group-size must be >= 2"),
-        (["--beta", "-0.1"], "--beta must be >= 0"),
-        (["--kl-estimator", "k1"], "invalid choice"),
-        (["--eval", "/nonexistent/model.pt"], "checkpoint not found"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
-    try:
-        status = grpo.main([*argv, "--run-dir", str(tmp_path)])
-    except SystemExit as e:  # argparse's own errors exit from inside parse_args
-        status = e.code
-    err = capsys.readouterr().err
-    assert status == 2
-    assert err.count("\n") == 1 and err.startswith("grpo.py: error: ") and message in err, err
-    assert not os.path.exists(tmp_path / "metrics.csv")

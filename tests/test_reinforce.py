@@ -5,18 +5,24 @@ enumerated objective, against the exact expectation of the gradient of reinforce
 policy_loss, with advantages built by its own returns_to_go and leave_one_out_baseline.
 """
 
-import csv
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import gymnasium as gym
 import pytest
 import torch
-from exact import F64, LayeredMDP, assert_close, bandit, expected_grad, fd_grad, independent_batches, random_mdp
+from exact import (
+    F64,
+    LayeredMDP,
+    assert_close,
+    bandit,
+    expected_grad,
+    independent_batches,
+    random_mdp,
+    trajectory_log_probs,
+    true_grad,
+)
+from runs import read_csv
 
 import reinforce
 
@@ -30,15 +36,11 @@ THETA = torch.randn(MDP.S, MDP.A, generator=torch.Generator().manual_seed(3), dt
 # ----------------------------------------------------------------------------------------------
 def episode_tensors(tau, theta):
     """log pi(a_t|s_t) [T] (a function of theta), rewards [T], dones [T], timesteps [T]."""
-    log_probs = torch.log_softmax(theta, -1)[list(tau.states), list(tau.actions)]
+    log_probs = trajectory_log_probs(tau, theta)
     rewards = torch.tensor(tau.rewards, dtype=F64)
     dones = torch.zeros(len(tau), dtype=F64)
     dones[-1] = 1.0
     return log_probs, rewards, dones, torch.arange(len(tau))
-
-
-def true_grad(mdp, theta, gamma):
-    return fd_grad(lambda t: mdp.J(torch.softmax(t, -1), gamma), theta)
 
 
 def advantage(tau, theta, mdp, gamma, form, discount_weight):
@@ -239,11 +241,6 @@ def test_gaussian_gradients():
 # ----------------------------------------------------------------------------------------------
 # f. Short runs, the files they write, and --eval
 # ----------------------------------------------------------------------------------------------
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
     run = tmp_path / "run"
     assert reinforce.main(["--total-timesteps", "15000", "--seed", "1", "--run-dir", str(run)]) == 0
@@ -262,79 +259,3 @@ def test_pendulum_gaussian_path_runs(tmp_path):
     assert reinforce.main(["--env-id", "Pendulum-v1", "--total-timesteps", "3200", "--run-dir", str(run)]) == 0
     assert len(read_csv(run / "metrics.csv")) == 2 and (run / "model.pt").exists()
     assert reinforce.main(["--eval", str(run / "model.pt"), "--eval-episodes", "1"]) == 0
-
-
-def test_same_seed_same_metrics(tmp_path):
-    for name in ("a", "b"):
-        reinforce.main(["--total-timesteps", "3000", "--baseline", "value", "--run-dir", str(tmp_path / name)])
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_time", "sps")} for r in rows]  # noqa: E731
-    assert strip(read_csv(tmp_path / "a/metrics.csv")) == strip(read_csv(tmp_path / "b/metrics.csv"))
-
-
-# ----------------------------------------------------------------------------------------------
-# g. Bad input: one line, exit status 2, no traceback; Ctrl-C and non-finite losses keep the files
-# ----------------------------------------------------------------------------------------------
-def run_cli(*args, **kwargs):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "reinforce.py"), *args], capture_output=True, text=True, **kwargs
-    )
-
-
-@pytest.mark.parametrize(
-    "argv,needle",
-    [
-        (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
-        (["--learning-rate", "-0.1"], "--learning-rate"),
-        (["--gamma", "1.5"], "--gamma"),
-        (["--eval", "/nonexistent/model.pt"], "not found"),
-        (["--baseline", "median"], "--baseline"),
-    ],
-)
-def test_bad_input_gets_one_line_and_exit_2(argv, needle, tmp_path):
-    out = run_cli(*argv, "--run-dir", str(tmp_path / "run"))
-    assert out.returncode == 2, out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr and "Traceback" not in out.stderr
-
-
-def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, capsys):
-    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
-    torch.save({"algo": "ppo"}, tmp_path / "foreign.pt")
-    for name in ("corrupt.pt", "foreign.pt"):
-        assert reinforce.main(["--eval", str(tmp_path / name)]) == 2
-        assert len(capsys.readouterr().err.strip().splitlines()) == 1
-
-
-def test_ctrl_c_saves_checkpoint_and_metrics(tmp_path):
-    run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "reinforce.py"), "--run-dir", str(run), "--total-timesteps", "10000000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.time() + 60
-    while not (run / "metrics.csv").exists() or len(read_csv(run / "metrics.csv")) < 2:
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
-    state = reinforce.load_checkpoint(str(run / "model.pt"))
-    assert state["global_step"] >= int(read_csv(run / "metrics.csv")[-1]["global_step"])
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    calls = []
-
-    def loss_that_breaks(*args, **kwargs):  # the real loss for 4 updates, then NaN
-        calls.append(1)
-        return reinforce_policy_loss(*args, **kwargs) * (float("nan") if len(calls) > 4 else 1.0)
-
-    reinforce_policy_loss = reinforce.policy_loss
-    monkeypatch.setattr(reinforce, "policy_loss", loss_that_breaks)
-    run = tmp_path / "run"
-    with pytest.raises(SystemExit) as stop:
-        reinforce.main(["--log-interval", "2", "--run-dir", str(run), "--total-timesteps", "50000"])
-    err = capsys.readouterr().err
-    assert stop.value.code == 1 and "non-finite policy loss at global step" in err and str(run / "model.pt") in err
-    rows = read_csv(run / "metrics.csv")
-    assert len(rows) == 4  # every finished update is in metrics.csv, and the checkpoint is from update 4
-    assert reinforce.load_checkpoint(str(run / "model.pt"))["global_step"] == int(rows[-1]["global_step"])
