@@ -20,31 +20,32 @@ COMMON_BAD_INPUT = [
     (["--eval", "/nonexistent/model.pt"], "not found"),
     (["--device", "tpu"], "--device"),
 ]
+GYMNASIUM_BAD_INPUT = [
+    (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+    (["--env-id", "FrozenLake-v1"], "not supported"),
+    (["--gamma", "1.5"], "--gamma"),
+]
+GYMNASIUM_SCRIPT = {  # what the scripts that train on Gymnasium environments share
+    "long": ["--total-timesteps", "100000000"],
+    "loss": "policy_loss",
+    "step": "global_step",
+    "clock": {"wall_time", "sps"},
+}
 SCRIPTS = {
     "reinforce": {
+        **GYMNASIUM_SCRIPT,
         "short": ["--total-timesteps", "3000"],
-        "long": ["--total-timesteps", "100000000"],
-        "loss": "policy_loss",
-        "step": "global_step",
-        "clock": {"wall_time", "sps"},
         "bad": [
-            (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
-            (["--env-id", "FrozenLake-v1"], "not supported"),
-            (["--gamma", "1.5"], "--gamma"),
+            *GYMNASIUM_BAD_INPUT,
             (["--baseline", "median"], "--baseline"),
             (["--episodes-per-batch", "1", "--baseline", "mean"], "--episodes-per-batch"),
         ],
     },
     "actor_critic": {
+        **GYMNASIUM_SCRIPT,
         "short": ["--total-timesteps", "3000", "--network", "shared"],
-        "long": ["--total-timesteps", "100000000"],
-        "loss": "policy_loss",
-        "step": "global_step",
-        "clock": {"wall_time", "sps"},
         "bad": [
-            (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
-            (["--env-id", "FrozenLake-v1"], "not supported"),
-            (["--gamma", "1.5"], "--gamma"),
+            *GYMNASIUM_BAD_INPUT,
             (["--gae-lambda", "-0.1"], "--gae-lambda"),
             (["--num-envs", "0"], "--num-envs"),
             (["--network", "tied"], "--network"),
