@@ -102,7 +102,7 @@ def main() -> None:
         print(f"| median of {len(reached_u)} reached | {statistics.median(reached_u):g} | "
               f"{statistics.median(reached_s):.1f} | | | |")  # fmt: skip
 
-    print("\n### Greedy accuracy against updates and seconds (mean over seeds; per seed in brackets)\n")
+    print("\n### Greedy accuracy against updates and seconds (mean over the seeds, then each seed)\n")
     print("| update | seconds (mean) | accuracy (mean) | per seed |")
     print("| ---: | ---: | ---: | --- |")
     n = min(len(rows) for rows, _ in runs.values())
