@@ -129,7 +129,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(script, tmp_pa
     monkeypatch.setattr(module, SCRIPTS[script]["loss"], loss_that_breaks)
     run = tmp_path / "run"
     argv = [*SCRIPTS[script]["short"], "--log-interval", "2", "--run-dir", str(run)]
-    argv[1] = "1000000"  # a budget that the run cannot finish before the NaN
+    argv[1] = str(max(int(argv[1]), 8))  # a budget of at least 8 updates: 4 good ones, then the NaN
     with pytest.raises(SystemExit) as stop:
         module.main(argv)
     err = capsys.readouterr().err
