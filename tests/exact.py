@@ -16,6 +16,7 @@ Nothing here samples, so nothing here is flaky. The pieces:
     LayeredMDP                        a small episodic tabular MDP (and a bandit as its one-state case):
                                       every trajectory with its probability, J exactly, V^pi and Q^pi
     random_mdp(seed), bandit(rewards) the two problems the tests use
+    MDP, THETA                        the MDP and the policy parameters that the scripts' tests share
     independent_batches(samples, n)   every ordered batch of n independent samples, with probability
     expected_grad(theta, weighted, L) sum_k P_k * grad L(x_k), one backward pass
     token_sequences(vocab, eos, T)    every completion a token model can emit (for the GRPO tests)
@@ -164,6 +165,10 @@ def bandit(rewards: list[float]) -> LayeredMDP:
     R = torch.zeros(1, A, 2, dtype=F64)
     R[0, :, 1] = torch.tensor(rewards, dtype=P.dtype)
     return LayeredMDP(P, R)
+
+
+MDP = random_mdp(seed=0)  # the problem the scripts' gradient tests share, and a policy theta [S, A] on it
+THETA = torch.randn(MDP.S, MDP.A, generator=torch.Generator().manual_seed(3), dtype=F64)
 
 
 # ----------------------------------------------------------------------------------------------

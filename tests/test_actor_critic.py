@@ -7,7 +7,6 @@ policy_loss, with advantages built by its own gae().
 """
 
 import math
-import os
 
 import gymnasium as gym
 import numpy as np
@@ -15,11 +14,12 @@ import pytest
 import torch
 from exact import (
     F64,
+    MDP,
+    THETA,
     assert_close,
     discounted_visits,
     expected_grad,
     fd_grad,
-    random_mdp,
     trajectory_log_probs,
     true_grad,
 )
@@ -27,9 +27,6 @@ from runs import read_csv
 
 import actor_critic as ac
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MDP = random_mdp(seed=0)
-THETA = torch.randn(MDP.S, MDP.A, generator=torch.Generator().manual_seed(3), dtype=F64)
 TERMINAL_VALUE = 7.0  # what a critic network says at a terminal observation: anything; the estimator must ignore it
 
 

@@ -5,7 +5,6 @@ measure how far it is from the true grad J (computed by finite differences of th
 """
 
 import math
-import os
 
 import pytest
 import torch
@@ -25,7 +24,6 @@ from runs import read_csv, run_script
 import grpo
 
 EPS = 1e-4  # the eps of (r - mean) / (std + eps), passed explicitly so the tests do not depend on a default
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,29 +6,25 @@ policy_loss, with advantages built by its own returns_to_go and leave_one_out_ba
 """
 
 import math
-import os
 
 import gymnasium as gym
 import pytest
 import torch
 from exact import (
     F64,
+    MDP,
+    THETA,
     LayeredMDP,
     assert_close,
     bandit,
     expected_grad,
     independent_batches,
-    random_mdp,
     trajectory_log_probs,
     true_grad,
 )
 from runs import read_csv
 
 import reinforce
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MDP = random_mdp(seed=0)
-THETA = torch.randn(MDP.S, MDP.A, generator=torch.Generator().manual_seed(3), dtype=F64)
 
 
 # ----------------------------------------------------------------------------------------------
