@@ -1,0 +1,400 @@
+"""ppo.py: the clipped surrogate proved exactly where it is the policy gradient (theta = theta_old) and checked
+where it is not (the clip's zero gradients, by finite differences); the k3 KL diagnostic's expectation; the
+Gaussian path's log-probabilities and the normalisation statistics through a checkpoint and --eval; one
+epoch of one minibatch as the actor-critic step; update() as the hand-built steps, with every
+hyperparameter reaching it; then short runs.
+
+The exact tests use the recipe of tests/exact.py (grad J by finite differences of the exactly enumerated
+objective, against the exact expectation of the gradient of ppo.py's own policy_loss).
+"""
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from exact import (
+    F64,
+    MDP,
+    THETA,
+    assert_close,
+    discounted_visits,
+    expected_grad,
+    fd_grad,
+    trajectory_log_probs,
+    true_grad,
+)
+from runs import read_csv
+from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
+
+import actor_critic as ac
+import ppo
+
+
+# ----------------------------------------------------------------------------------------------
+# a. At theta = theta_old the clipped surrogate's gradient is the policy gradient
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("gamma", [1.0, 0.8])
+@pytest.mark.parametrize("clip_coef", [0.2, 0.05])
+def test_clipped_surrogate_at_theta_old_has_the_policy_gradient(gamma, clip_coef):
+    """E[-T grad policy_loss] over every trajectory, with the exact advantages Q^pi - V^pi weighted by gamma^t,
+    is grad J. old_log_probs is passed *with* its graph: policy_loss must detach it (else the ratio is 1)."""
+    theta = THETA.clone().requires_grad_(True)
+    V, Q = MDP.values(torch.softmax(THETA, -1), gamma)
+
+    def loss(tau):
+        states, actions = list(tau.states), list(tau.actions)
+        A = (Q[states, actions] - V[states]) * gamma ** torch.arange(len(tau), dtype=F64)
+        log_probs = trajectory_log_probs(tau, theta)
+        return len(tau) * ppo.policy_loss(log_probs, log_probs, A, clip_coef)
+
+    g = -expected_grad(theta, MDP.trajectories(torch.softmax(theta, -1)), loss)
+    assert_close(g, true_grad(MDP, THETA, gamma))
+
+
+# ----------------------------------------------------------------------------------------------
+# b. Away from theta_old: the clip's gradient, sample by sample
+# ----------------------------------------------------------------------------------------------
+def test_clipped_surrogate_gradient_away_from_theta_old_is_zero_exactly_where_the_clip_binds():
+    """Eight samples, each in its own state of a softmax table, so that row i of the gradient is sample i's.
+    theta moves each sample's ratio to a chosen value away from the kinks at 1 +- eps; autograd matches
+    central differences of the clipped objective itself, and a row is zero exactly when the ratio has left
+    [1 - eps, 1 + eps] on the side its advantage pushes towards (A > 0 and r > 1 + eps, A < 0 and r < 1 - eps)."""
+    eps = 0.2
+    ratios = torch.tensor([0.5, 0.9, 1.1, 1.6, 0.5, 0.9, 1.1, 1.6], dtype=F64)
+    advantages = torch.tensor([1.3, 0.7, 0.4, 2.0, -1.1, -0.6, -0.9, -1.5], dtype=F64)
+    zero = torch.tensor([False, False, False, True, True, False, False, False])
+    g = torch.Generator().manual_seed(5)
+    theta_old = 0.3 * torch.randn(8, 3, generator=g, dtype=F64)
+    actions = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    rows = torch.arange(8)
+    p_old = torch.softmax(theta_old, -1)[rows, actions]
+    theta = theta_old.clone()  # raise the action's logit by c: pi = p e^c / (p e^c + 1 - p) = r p
+    theta[rows, actions] += torch.log(ratios * (1 - p_old) / (1 - ratios * p_old))
+    old_log_probs = torch.log(p_old)
+
+    def objective(t):
+        return ppo.policy_loss(torch.log_softmax(t, -1)[rows, actions], old_log_probs, advantages, eps)
+
+    t = theta.clone().requires_grad_(True)
+    assert_close(torch.exp(torch.log_softmax(t, -1)[rows, actions] - old_log_probs), ratios, rtol=1e-12)
+    grad = torch.autograd.grad(objective(t), t)[0]
+    assert_close(grad, fd_grad(objective, theta), rtol=1e-7)
+    assert torch.all(grad[zero] == 0)
+    assert torch.all(grad[~zero].norm(dim=-1) > 1e-3)  # including A > 0, r < 1 - eps: min keeps the worse, unclipped
+
+
+def test_clip_fraction_counts_the_ratios_outside_the_clip_range():
+    old = torch.zeros(5, dtype=F64)
+    log_probs = torch.log(torch.tensor([0.5, 0.85, 1.0, 1.15, 1.3], dtype=F64))
+    assert ppo.clip_fraction(log_probs, old, 0.2) == pytest.approx(2 / 5)
+    assert ppo.clip_fraction(log_probs, old, 0.1) == pytest.approx(4 / 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# c. The approximate KL: exact expectation, and never negative
+# ----------------------------------------------------------------------------------------------
+def test_k3_approx_kl_is_unbiased_for_the_kl_and_never_negative_unlike_minus_log_ratio():
+    """Over every trajectory of pi_old, E[sum_t k3_t] = sum_s d_old(s) KL(pi_old(.|s) || pi(.|s)), d_old the
+    expected visits (gamma = 1). -log r has the same expectation but is negative for some samples; k3 never is."""
+    pi_old = torch.softmax(THETA, -1)
+    theta = THETA + torch.randn(THETA.shape, generator=torch.Generator().manual_seed(8), dtype=F64)
+    log_pi, log_pi_old = torch.log_softmax(theta, -1), torch.log(pi_old)
+    kl_per_state = (pi_old * (log_pi_old - log_pi)).sum(-1)
+    exact = (discounted_visits(MDP, pi_old, 1.0) * kl_per_state).sum()
+    k3 = naive = 0.0
+    for tau, p in MDP.trajectories(pi_old):
+        s, a = list(tau.states), list(tau.actions)
+        k3 = k3 + p * len(tau) * ppo.approx_kl(log_pi[s, a], log_pi_old[s, a])  # approx_kl is a mean over steps
+        naive = naive + p * (log_pi_old[s, a] - log_pi[s, a]).sum()
+    assert exact > 0.05
+    assert_close(k3, exact, rtol=1e-10)
+    assert_close(naive, exact, rtol=1e-10)
+    every = [(s, a) for s in range(MDP.S) for a in range(MDP.A)]
+    per_sample = torch.stack([ppo.approx_kl(log_pi[s, a].reshape(1), log_pi_old[s, a].reshape(1)) for s, a in every])
+    assert (per_sample >= 0).all()
+    assert ((log_pi_old - log_pi) < 0).any()
+
+
+# ----------------------------------------------------------------------------------------------
+# d. Box actions: the unclipped sample's log-probability; normalisation statistics through save and --eval
+# ----------------------------------------------------------------------------------------------
+class Bounded(gym.Env):
+    """Actions in [-1, 1]^2, observations random, reward 0, episodes of 5 steps; records every action it gets."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def __init__(self):
+        self.executed = []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.np_random.normal(size=3).astype(np.float32), {}
+
+    def step(self, action):
+        self.executed.append(np.array(action, np.float32))
+        return self.np_random.normal(size=3).astype(np.float32), 0.0, False, False, {}
+
+
+gym.register("Bounded-v0", entry_point=Bounded, max_episode_steps=5)
+
+
+def test_box_rollout_stores_the_unclipped_sample_and_its_log_prob_while_the_env_gets_the_clipped_action():
+    torch.manual_seed(0)
+    envs = ppo.make_envs("Bounded-v0", 2)
+    obs, _ = envs.reset(seed=0)
+    carry = {"obs": obs, "episode_return": np.zeros(2), "episode_length": np.zeros(2, int)}
+    policy = ppo.Policy(3, envs.single_action_space, 8)
+    with torch.no_grad():
+        policy.log_std.fill_(np.log(2.0))  # wide: most samples fall outside the bounds
+    normalizer = ppo.Normalizer((3,), 2, 0.99, norm_obs=False, norm_reward=False)
+    batch = ppo.rollout(envs, policy, carry, 6, torch.device("cpu"), lambda *e: None, normalizer)
+    actions = batch["actions"]
+    outside = (actions.abs() > 1).any(-1)
+    assert outside.sum() >= 4 and (~outside).sum() >= 1
+    for i in range(2):  # the env received the clipped action
+        assert np.array_equal(np.stack(envs.envs[i].unwrapped.executed), actions[:, i].clamp(-1, 1).numpy())
+    with torch.no_grad():
+        mean = policy.net(batch["obs"])
+        unclipped = ppo.gaussian_log_prob(mean, policy.log_std, actions)
+        clipped = ppo.gaussian_log_prob(mean, policy.log_std, actions.clamp(-1, 1))
+    assert torch.allclose(batch["log_probs"], unclipped, atol=1e-5)
+    assert ((batch["log_probs"] - clipped).abs()[outside] > 1e-3).all()  # float32 rounding is ~1e-6
+
+
+def test_update_mean_var_merges_batches_into_the_pooled_mean_and_variance():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, size=(n, 4)) for n in (1, 7, 3, 12)]
+    mean, var, count = np.zeros(4), np.ones(4), 0.0
+    for b in batches:
+        mean, var, count = ppo.update_mean_var(mean, var, count, b)
+    everything = np.concatenate(batches)
+    assert count == len(everything)
+    np.testing.assert_allclose(mean, everything.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(var, everything.var(0), rtol=1e-12)
+
+
+def test_normalisation_statistics_are_those_of_training_and_survive_a_checkpoint_and_eval(
+    tmp_path, monkeypatch, capsys
+):
+    """A short Pendulum-v1 run with --norm-obs --norm-reward: the checkpoint holds the pooled mean and variance
+    of every raw observation and every discounted return that training fed in; --eval normalises with exactly
+    those, frozen: the first observation its policy sees is (reset obs - mean) / sqrt(var + 1e-8)."""
+    fed = {"obs": [], "returns": []}
+    real_update = ppo.update_mean_var
+
+    def recording(mean, var, count, batch):
+        fed["obs" if batch.ndim == 2 else "returns"].append(np.array(batch, dtype=np.float64))
+        return real_update(mean, var, count, batch)
+
+    monkeypatch.setattr(ppo, "update_mean_var", recording)
+    run = tmp_path / "run"
+    argv = ["--env-id", "Pendulum-v1", "--total-timesteps", "512", "--num-envs", "2", "--num-steps", "64"]
+    assert ppo.main([*argv, "--norm-obs", "--norm-reward", "--run-dir", str(run)]) == 0
+    monkeypatch.setattr(ppo, "update_mean_var", real_update)
+    stats = ppo.load_checkpoint(str(run / "model.pt"))["normalizer"]
+    for name in ("obs", "return"):
+        seen = np.concatenate(fed[name if name == "obs" else "returns"])
+        assert stats[f"{name}_count"] == len(seen) and len(seen) > 500
+        np.testing.assert_allclose(stats[f"{name}_mean"].numpy(), seen.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(stats[f"{name}_var"].numpy(), seen.var(0), rtol=1e-6)
+
+    seen_by_policy = []
+    real_act = ppo.Policy.act
+
+    def recording_act(self, obs, greedy=False):
+        seen_by_policy.append(obs.clone())
+        return real_act(self, obs, greedy)
+
+    monkeypatch.setattr(ppo.Policy, "act", recording_act)
+    assert ppo.main(["--eval", str(run / "model.pt"), "--eval-episodes", "2", "--seed", "5"]) == 0
+    assert "mean return" in capsys.readouterr().out
+    raw, _ = gym.make("Pendulum-v1").reset(seed=5)
+    expected = (raw - stats["obs_mean"].numpy()) / np.sqrt(stats["obs_var"].numpy() + 1e-8)
+    assert np.abs(expected).max() > 0.1 and not np.allclose(expected, raw, atol=0.05)
+    np.testing.assert_allclose(seen_by_policy[0][0].numpy(), expected, rtol=1e-5)
+    assert len(seen_by_policy) == 400  # two episodes of 200 steps, all through the same frozen statistics
+
+
+# ----------------------------------------------------------------------------------------------
+# e, f. update(): one epoch of one minibatch is the actor-critic step; in general, the hand-built steps
+# ----------------------------------------------------------------------------------------------
+def fixed_batch(policy, T=8, N=2, obs_dim=3, seed=1):
+    """A rollout-shaped batch [T, N, ...] in float64, with actions and log-probabilities from the policy."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(T, N, obs_dim, generator=g, dtype=F64)
+    torch.manual_seed(seed)
+    actions, log_probs = policy.act(obs.reshape(T * N, obs_dim))
+    actions, log_probs = actions.reshape(T, N, *actions.shape[1:]), log_probs.reshape(T, N)
+    return {
+        "obs": obs,
+        "actions": actions,
+        "log_probs": log_probs,
+        "rewards": torch.randn(T, N, generator=g, dtype=F64),
+        "terminated": (torch.rand(T, N, generator=g, dtype=F64) < 0.2).to(F64),
+        "truncated": (torch.rand(T, N, generator=g, dtype=F64) < 0.2).to(F64),
+        "next_obs": torch.randn(T, N, obs_dim, generator=g, dtype=F64),
+    }
+
+
+def networks(space, obs_dim=3, hidden=8, seed=0):
+    torch.manual_seed(seed)
+    return ppo.Policy(obs_dim, space, hidden).double(), ppo.ValueNet(obs_dim, hidden).double()
+
+
+SPACES = {"discrete": gym.spaces.Discrete(3), "box": gym.spaces.Box(-1.0, 1.0, (2,))}
+
+
+class SGD:
+    """p <- p - lr * grad: the parameter change is the gradient itself, scaled."""
+
+    def __init__(self, params, lr):
+        self.params, self.lr = list(params), lr
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        for p in self.params:
+            p -= self.lr * p.grad
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_one_epoch_of_one_minibatch_is_the_actor_critic_step(space):
+    """With one epoch, one minibatch, no advantage normalisation and no value clipping, ratio = 1 and the
+    clip is inactive: update() takes the step of actor_critic.py's loss on the same batch (its gae,
+    policy_loss and value_loss), to rounding."""
+    policy, value_net = networks(SPACES[space])
+    batch = fixed_batch(policy)
+    args = ppo.Args(update_epochs=1, num_minibatches=1, norm_adv=False, clip_vloss=False, max_grad_norm=0.0,
+                    ent_coef=0.03, vf_coef=0.7, gamma=0.9, gae_lambda=0.8)  # fmt: skip
+    params = [*policy.parameters(), *value_net.parameters()]
+    before = [p.detach().clone() for p in params]
+    lr = 1e-3
+    ppo.update(policy, value_net, SGD(params, lr), batch, args)
+    change = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(params, before, strict=True)])
+
+    for p, b in zip(params, before, strict=True):
+        p.data.copy_(b)
+    A, targets, _ = ac.advantages_and_targets(value_net, batch, args.gamma, args.gae_lambda)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    log_probs, entropy = policy.log_prob_entropy(flat(batch["obs"]), flat(batch["actions"]))
+    loss = (
+        ac.policy_loss(log_probs, flat(A))
+        + args.vf_coef * ac.value_loss(value_net(flat(batch["obs"])), flat(targets))
+        - args.ent_coef * entropy.mean()
+    )
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+    assert_close(change, -lr * grad, rtol=1e-9)
+
+
+WIRING_ARGS = ppo.Args(num_envs=2, num_steps=8, update_epochs=3, num_minibatches=4, learning_rate=0.02,
+                       clip_coef=0.1, ent_coef=0.02, vf_coef=0.7, gamma=0.9, gae_lambda=0.8, max_grad_norm=0.3,
+                       norm_adv=True, clip_vloss=True, target_kl=0.0)  # fmt: skip
+
+
+def warmed_state(space):
+    """(policy, value_net, ppo.Adam, torch.optim.Adam with the same moments): the script's optimiser for
+    update(), torch's for the hand-built steps, both a few steps away from empty moments."""
+    policy, value_net = networks(SPACES[space])
+    optimizer = ppo.Adam([*policy.parameters(), *value_net.parameters()], lr=WIRING_ARGS.learning_rate)
+    warm = ppo.Args(**{**WIRING_ARGS.__dict__, "update_epochs": 1})
+    ppo.update(policy, value_net, optimizer, fixed_batch(policy, seed=9), warm)
+    reference = torch.optim.Adam(optimizer.params, lr=optimizer.lr, eps=optimizer.eps)
+    for p, m, v in zip(optimizer.params, optimizer.m, optimizer.v, strict=True):
+        reference.state[p] = {"step": torch.tensor(float(optimizer.k)), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+    return policy, value_net, optimizer, reference
+
+
+def run_update(state, args=WIRING_ARGS, seed=4):
+    policy, value_net, optimizer, _ = state
+    optimizer.lr = args.learning_rate
+    return ppo.update(policy, value_net, optimizer, fixed_batch(policy), args, torch.Generator().manual_seed(seed))
+
+
+def hand_built_steps(args):
+    """The update, from the pure functions: advantages and lambda-returns from the critic before any step,
+    then for each epoch a fresh permutation (the same generator), one torch.optim.Adam step per minibatch on
+    policy_loss + vf_coef value_loss - ent_coef entropy, stopping before the step where approx_kl > target_kl."""
+
+    def steps(state, seed=4):
+        policy, value_net, _, reference = state
+        batch = {k: v.reshape(-1, *v.shape[2:]) for k, v in fixed_batch(policy).items()}
+        with torch.no_grad():
+            values, next_values = value_net(batch["obs"]), value_net(batch["next_obs"])
+        columns = (batch["rewards"], values, next_values, batch["terminated"], batch["truncated"])
+        T_by_N = [x.reshape(args.num_steps, args.num_envs) for x in columns]
+        A = ppo.gae(*T_by_N, args.gamma, args.gae_lambda).reshape(-1)
+        targets = A + values
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(args.update_epochs):
+            for idx in ppo.minibatches(len(A), args.num_minibatches, generator):
+                log_probs, entropy = policy.log_prob_entropy(batch["obs"][idx], batch["actions"][idx])
+                if args.target_kl > 0 and ppo.approx_kl(log_probs, batch["log_probs"][idx]) > args.target_kl:
+                    return
+                a = ppo.normalize(A[idx]) if args.norm_adv else A[idx]
+                old_values = values[idx] if args.clip_vloss else None
+                loss = (
+                    ppo.policy_loss(log_probs, batch["log_probs"][idx], a, args.clip_coef)
+                    + args.vf_coef
+                    * ppo.value_loss(value_net(batch["obs"][idx]), targets[idx], old_values, args.clip_coef)
+                    - args.ent_coef * entropy.mean()
+                )
+                optimiser_step(reference, loss, args.max_grad_norm)
+
+    return steps
+
+
+@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"norm_adv": False, "clip_vloss": False, "max_grad_norm": 0.0}, {"target_kl": 0.003}],
+    ids=["clips-on", "clips-off", "target-kl"],
+)
+def test_update_is_the_hand_built_steps(space, changes):
+    args = ppo.Args(**{**WIRING_ARGS.__dict__, **changes})
+    state = warmed_state(space)
+    if changes.get("target_kl"):  # the early stop must really happen, and not before the first step
+        stats = run_update(copy.deepcopy(state), args)
+        assert 0 < stats["epochs"] < args.update_epochs
+    assert_update_is_hand_built_steps(state, lambda s: run_update(s, args), hand_built_steps(args))
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_every_hyperparameter_of_the_loss_reaches_update(space):
+    changes = {"clip_coef": 0.3, "ent_coef": 0.1, "vf_coef": 0.3, "gamma": 0.99, "gae_lambda": 0.95,
+               "norm_adv": False, "clip_vloss": False, "max_grad_norm": 2.0, "target_kl": 0.003,
+               "update_epochs": 2, "num_minibatches": 2, "learning_rate": 0.01}  # fmt: skip
+    assert_each_hyperparameter_changes_the_update(warmed_state(space), run_update, WIRING_ARGS, changes)
+
+
+def test_the_minibatches_of_an_epoch_are_a_permutation_of_the_batch():
+    parts = ppo.minibatches(12, 3, torch.Generator().manual_seed(0))
+    assert [len(p) for p in parts] == [4, 4, 4] and sorted(torch.cat(parts).tolist()) == list(range(12))
+
+
+# ----------------------------------------------------------------------------------------------
+# g. Short runs, the files they write, and --eval
+# ----------------------------------------------------------------------------------------------
+def eval_mean_return(path, capsys):
+    assert ppo.main(["--eval", str(path), "--eval-episodes", "3"]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line.startswith("eval ") and "mean return" in last_line
+    return float(last_line.split("mean return ")[1].split()[0])
+
+
+def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert ppo.main(["--total-timesteps", "12000", "--seed", "1", "--run-dir", str(run)]) == 0
+    returns = [float(e["return"]) for e in read_csv(run / "episodes.csv")]
+    first, last = np.mean(returns[:20]), np.mean(returns[-20:])
+    assert last > 4 * first and last > 150, (first, last)
+    rows = read_csv(run / "metrics.csv")
+    for column in ("approx_kl", "clip_fraction", "explained_variance", "entropy", "policy_loss", "value_loss"):
+        assert all(np.isfinite(float(r[column])) for r in rows), column
+    assert max(float(r["clip_fraction"]) for r in rows) > 0 and min(float(r["approx_kl"]) for r in rows) >= 0
+    assert eval_mean_return(run / "model.pt", capsys) > 150
