@@ -52,6 +52,19 @@ SCRIPTS = {
             (["--num-steps", "five"], "--num-steps"),
         ],
     },
+    "ppo": {
+        **GYMNASIUM_SCRIPT,
+        # one epoch of one minibatch: one policy_loss per update, which the non-finite loss test counts
+        "short": "--total-timesteps 3000 --num-steps 16 --update-epochs 1 --num-minibatches 1 --norm-obs".split(),
+        "bad": [
+            *GYMNASIUM_BAD_INPUT,
+            (["--num-minibatches", "5"], "--num-minibatches"),
+            (["--update-epochs", "0"], "--update-epochs"),
+            (["--clip-coef", "0"], "--clip-coef"),
+            (["--target-kl", "-0.01"], "--target-kl"),
+            (["--norm-adv", "yes"], "yes"),
+        ],
+    },
     "grpo": {
         "short": ["--total-updates", "3", "--prompts-per-update", "4", "--group-size", "3", "--num-iterations", "1"],
         "long": ["--total-updates", "100000000"],
