@@ -383,14 +383,18 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
+        """One step for every parameter at once: torch._foreach_* apply an operation to a list of tensors in
+        one call, which for networks this small is several times faster than a loop over them."""
         self.k += 1
         beta1, beta2 = self.betas
-        step_size, bias2 = self.lr / (1 - beta1**self.k), math.sqrt(1 - beta2**self.k)
-        for p, m, v in zip(self.params, self.m, self.v, strict=True):
-            if p.grad is not None:
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                p.addcdiv_(m, (v.sqrt() / bias2).add_(self.eps), value=-step_size)
+        grads = [p.grad for p in self.params]
+        torch._foreach_lerp_(self.m, grads, 1 - beta1)  # m <- m + (1 - beta1) (g - m)
+        torch._foreach_mul_(self.v, beta2)
+        torch._foreach_addcmul_(self.v, grads, grads, 1 - beta2)
+        denominator = torch._foreach_sqrt(self.v)
+        torch._foreach_div_(denominator, math.sqrt(1 - beta2**self.k))
+        torch._foreach_add_(denominator, self.eps)
+        torch._foreach_addcdiv_(self.params, self.m, denominator, -self.lr / (1 - beta1**self.k))
 
 
 # ----------------------------------------------------------------------------------------------
