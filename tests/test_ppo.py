@@ -92,6 +92,20 @@ def test_clip_fraction_counts_the_ratios_outside_the_clip_range():
     assert ppo.clip_fraction(log_probs, old, 0.1) == pytest.approx(4 / 5)
 
 
+def test_clipped_value_loss_is_the_larger_of_the_two_squared_errors_and_still_where_the_clip_binds():
+    """eps = 0.2, V_old = 0: (0) V moved past the clip towards G: the clipped error, larger, is kept, and is
+    constant in V; (1) V moved past the clip away from G: the unclipped error is larger; (2) inside the clip
+    the two agree; (3) as (0), below V_old and G."""
+    values = torch.tensor([0.5, 0.5, 0.1, -0.5], dtype=F64, requires_grad=True)
+    returns = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=F64)
+    old = torch.zeros(4, dtype=F64)
+    loss = ppo.value_loss(values, returns, old, 0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 2.25 + 0.81 + 0.64) / 4, rel=1e-12)
+    (grad,) = torch.autograd.grad(loss, values)
+    assert_close(grad, torch.tensor([0.0, 1.5, -0.9, 0.0], dtype=F64) / 4, rtol=1e-12)
+    assert ppo.value_loss(values, returns).item() == pytest.approx(0.5 * (0.25 + 2.25 + 0.81 + 0.25) / 4, rel=1e-12)
+
+
 # ----------------------------------------------------------------------------------------------
 # c. The approximate KL: exact expectation, and never negative
 # ----------------------------------------------------------------------------------------------
