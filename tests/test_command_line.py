@@ -31,6 +31,19 @@ GYMNASIUM_SCRIPT = {  # what the scripts that train on Gymnasium environments sh
     "step": "global_step",
     "clock": {"wall_time", "sps"},
 }
+GRPO_BAD_INPUT = [
+    (["--task", "poetry"], "--task"),
+    (["--group-size", "1"], "--group-size"),
+    (["--beta", "-0.1"], "--beta"),
+    (["--kl-estimator", "k1"], "--kl-estimator"),
+]
+GRPO_SCRIPT = {  # what grpo.py and dr_grpo.py share
+    "short": ["--total-updates", "3", "--prompts-per-update", "4", "--group-size", "3", "--num-iterations", "1"],
+    "long": ["--total-updates", "100000000"],
+    "loss": "grpo_loss",
+    "step": "update",
+    "clock": {"wall_time", "tokens_per_second"},
+}
 SCRIPTS = {
     "reinforce": {
         **GYMNASIUM_SCRIPT,
@@ -52,19 +65,8 @@ SCRIPTS = {
             (["--num-steps", "five"], "--num-steps"),
         ],
     },
-    "grpo": {
-        "short": ["--total-updates", "3", "--prompts-per-update", "4", "--group-size", "3", "--num-iterations", "1"],
-        "long": ["--total-updates", "100000000"],
-        "loss": "grpo_loss",
-        "step": "update",
-        "clock": {"wall_time", "tokens_per_second"},
-        "bad": [
-            (["--task", "poetry"], "--task"),
-            (["--group-size", "1"], "--group-size"),
-            (["--beta", "-0.1"], "--beta"),
-            (["--kl-estimator", "k1"], "--kl-estimator"),
-        ],
-    },
+    "grpo": {**GRPO_SCRIPT, "bad": [*GRPO_BAD_INPUT, (["--adv-eps", "0"], "--adv-eps")]},
+    "dr_grpo": {**GRPO_SCRIPT, "bad": [*GRPO_BAD_INPUT, (["--max-completion-len", "0"], "--max-completion-len")]},
 }
 BAD_INPUT = [(s, argv, needle) for s, spec in SCRIPTS.items() for argv, needle in spec["bad"] + COMMON_BAD_INPUT]
 

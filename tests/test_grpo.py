@@ -18,8 +18,9 @@ from exact import (
     every_group,
     expected_grad,
     fd_grad,
+    one_group_per_prompt,
 )
-from runs import read_csv, run_script
+from runs import short_grpo_run_learns_and_eval_reloads
 
 import grpo
 
@@ -83,12 +84,6 @@ def test_std_normalisation_weights_prompts_by_success_rate():
 
     pi = torch.softmax(theta, -1)
     logp = pi.log()
-    per_prompt = [list(every_group(pi[q].detach(), G)) for q in range(B)]
-
-    def batches():  # one group for each prompt, independently
-        for g0, p0 in per_prompt[0]:
-            for g1, p1 in per_prompt[1]:
-                yield (g0, g1), p0 * p1
 
     def loss(batch):
         arms = torch.tensor(batch)  # [B, G]
@@ -96,7 +91,7 @@ def test_std_normalisation_weights_prompts_by_success_rate():
         logp_b = logp.gather(1, arms).unsqueeze(-1)  # [B, G, 1]
         return loss_at_old_policy(logp_b, rewards, torch.ones_like(logp_b))
 
-    grad_L = expected_grad(theta, batches(), loss)
+    grad_L = expected_grad(theta, one_group_per_prompt(pi.detach(), G), loss)
 
     success = pi[:, 0].detach()
     weights = [conditional_advantages(float(success[q]), G, grpo_advantage) for q in range(B)]
@@ -245,13 +240,4 @@ def test_sampled_logprobs_match_a_forward_pass():
 # f. End to end, and the command line
 # ----------------------------------------------------------------------------------------------
 def test_short_run_learns_and_eval_reloads(tmp_path):
-    run = run_script("grpo", "--total-updates", "40", "--seed", "1", "--run-dir", str(tmp_path), "--log-interval", "20")
-    assert run.returncode == 0, run.stderr
-    rows = read_csv(tmp_path / "metrics.csv")
-    assert len(rows) == 40
-    first, last = float(rows[0]["eval_accuracy"]), float(rows[-1]["eval_accuracy"])
-    assert last >= 0.5 and last >= first + 0.3, (first, last)
-
-    evaluated = run_script("grpo", "--eval", str(tmp_path / "model.pt"))
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert f"greedy accuracy {last:.3f}" in evaluated.stdout
+    short_grpo_run_learns_and_eval_reloads("grpo", tmp_path)
