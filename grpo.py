@@ -440,6 +440,9 @@ def train(args: Args) -> dict[str, float]:
     metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
     metrics = csv.writer(metrics_file)
     metrics.writerow(columns)
+    groups_file = open(os.path.join(run_dir, "groups.csv"), "w", newline="")  # a row per group: who the loss weighs
+    groups = csv.writer(groups_file)
+    groups.writerow(["global_step", "p_right", "n_right", "advantage_right", "advantage_wrong"])
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"grpo on task {args.task} | device {device} | {n_params} parameters | run dir {run_dir}")
 
@@ -454,6 +457,7 @@ def train(args: Args) -> dict[str, float]:
             rewards = Task.reward(answers, batch["completions"])
             with torch.no_grad():
                 batch["ref_logp"] = token_logprobs(reference, prompts, batch["completions"])
+                p_right = token_logprobs(policy, prompts, answers.view(-1, 1, 1)).exp().view(-1)  # pi_old(answer | q)
             batch.update(prompts=prompts, advantages=group_advantages(rewards, args.adv_eps))
             update_idx += 1
             try:
@@ -478,6 +482,12 @@ def train(args: Args) -> dict[str, float]:
             }
             metrics.writerow([row[c] for c in columns])
             metrics_file.flush()
+            n_right, adv = correct.sum(-1), batch["advantages"]
+            adv_right = (adv * correct).sum(-1) / n_right  # nan where no completion of the group is right
+            adv_wrong = (adv * ~correct).sum(-1) / (args.group_size - n_right)
+            columns_g = [[update_idx] * len(n_right), p_right.tolist(), n_right.tolist(), adv_right.tolist()]
+            groups.writerows(zip(*columns_g, adv_wrong.tolist(), strict=True))
+            groups_file.flush()
             if update_idx % args.log_interval == 0 or update_idx >= args.total_updates:
                 save_checkpoint(model_path, policy, args, update_idx)
                 saved = True
@@ -493,6 +503,7 @@ def train(args: Args) -> dict[str, float]:
         raise
     finally:
         metrics_file.close()
+        groups_file.close()
 
     summary = {"updates": update_idx, "eval_accuracy": accuracy, "seconds": time.time() - start}
     print(
