@@ -163,18 +163,17 @@ def test_padding_changes_neither_loss_nor_gradient(padding):
     (grad,) = torch.autograd.grad(loss, logp)
 
     B, G = rewards.shape
-    theta = torch.zeros((), dtype=F64, requires_grad=True)
-    fill = theta * 1e4 - 1e4 if padding == "theta" else torch.full((), padding, dtype=F64)
+    theta = torch.zeros((), dtype=F64, requires_grad=True)  # the padding has a graph back to theta
+    fill = theta * 1e4 - 1e4 if padding == "theta" else padding + 0 * theta
     logp_pad = torch.cat([logp, fill.expand(B, G, extra)], -1)
     pad = torch.full((B, G, extra), -1e4 if padding == "theta" else padding, dtype=F64)
     mask_pad = torch.cat([mask, torch.zeros(B, G, extra, dtype=F64)], -1)
     padded = dr_grpo.grpo_loss(logp_pad, torch.cat([old_logp, pad], -1), torch.cat([ref_logp, pad], -1), adv,
                                mask_pad, T, clip_eps=0.2, beta=0.1)  # fmt: skip
-    grads = torch.autograd.grad(padded, [logp, theta] if padding == "theta" else [logp], allow_unused=True)
+    grad_logp, grad_theta = torch.autograd.grad(padded, [logp, theta])
     assert padded.item() == loss.item()
-    assert torch.equal(grads[0], grad)
-    if padding == "theta":
-        assert grads[1] is not None and grads[1].item() == 0.0
+    assert torch.equal(grad_logp, grad)
+    assert grad_theta.item() == 0.0, "the padding must get a zero gradient, not NaN"
 
 
 @pytest.mark.parametrize("padding", [float("nan"), float("inf")])
@@ -231,4 +230,5 @@ def test_group_advantages_no_std_and_refuses_bad_shapes():
 # d. End to end (the same seed giving the same metrics.csv is in tests/test_command_line.py)
 # ----------------------------------------------------------------------------------------------
 def test_short_run_learns_and_eval_reloads(tmp_path):
-    short_grpo_run_learns_and_eval_reloads("dr_grpo", tmp_path)
+    """60 updates where grpo.py's test takes 40: with beta = 0 and no std division, seed 1 is at 0.455 after 40."""
+    short_grpo_run_learns_and_eval_reloads("dr_grpo", tmp_path, updates=60)
