@@ -55,6 +55,7 @@ import csv
 import itertools
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -420,6 +421,14 @@ def mean_or_nan(x: torch.Tensor) -> float:
     return x.mean().item() if x.numel() else float("nan")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `docker stop`), raised wherever training is, and handled like Ctrl-C."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
 def train(args: Args) -> dict[str, float]:
     """Train, writing metrics.csv (a row per update) and model.pt."""
     start = time.time()
@@ -433,17 +442,21 @@ def train(args: Args) -> dict[str, float]:
     generator = torch.Generator(device=device).manual_seed(args.seed)
 
     run_dir = args.run_dir or f"runs/grpo__{args.task}__{args.seed}__{int(start)}"
-    os.makedirs(run_dir, exist_ok=True)
     model_path = os.path.join(run_dir, "model.pt")
     columns = ["global_step", "wall_time", "tokens_per_second", "mean_reward", "eval_accuracy",
                "length_correct", "length_incorrect", "kl", "clip_fraction", "entropy", "loss"]  # fmt: skip
-    metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
+    try:  # a run directory that cannot be created or written is bad input, found before training starts
+        os.makedirs(run_dir, exist_ok=True)
+        metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
+    except OSError as e:
+        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror or e}") from None
     metrics = csv.writer(metrics_file)
     metrics.writerow(columns)
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"grpo on task {args.task} | device {device} | {n_params} parameters | run dir {run_dir}")
 
     update_idx, accuracy, saved = 0, evaluate(policy, task), False
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)  # restored when train() returns
     try:
         while update_idx < args.total_updates:
             t0 = time.time()
@@ -487,11 +500,12 @@ def train(args: Args) -> dict[str, float]:
                     f"kl {row['kl']:.4f} | clip {row['clip_fraction']:.3f} | entropy {row['entropy']:.3f} | "
                     f"{row['tokens_per_second']:>6} tok/s | {row['wall_time']:6.1f} s"
                 )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Terminated
         save_checkpoint(model_path, policy, args, update_idx)
         print(f"\ninterrupted at update {update_idx}; checkpoint and metrics saved in {run_dir}", file=sys.stderr)
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         metrics_file.close()
 
     summary = {"updates": update_idx, "eval_accuracy": accuracy, "seconds": time.time() - start}
@@ -560,8 +574,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"grpo.py: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 
