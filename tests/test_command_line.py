@@ -253,7 +253,8 @@ def test_same_seed_same_metrics(script, tmp_path):
 
 
 def readme_commands() -> list[str]:
-    """Every `python <script>.py ...` line in README.md's fenced code blocks, for the scripts at the top level.
+    """Every `python <script>.py ...` line in README.md's fenced code blocks, for the scripts at the top level,
+    without its `# comment`.
 
     `python benchmarks/...` commands are left out on purpose: they launch a script many times with full budgets
     (minutes per command, by design), pass the script's own flags through after `--`, and may need
@@ -261,7 +262,7 @@ def readme_commands() -> list[str]:
     """
     text = Path(ROOT, "README.md").read_text()
     blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
-    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    lines = [line.split(" #")[0].strip() for block in blocks for line in block.splitlines()]
     return [line for line in lines if re.match(r"python \w+\.py\b", line)]
 
 
@@ -287,12 +288,11 @@ def test_the_readme_has_a_command_for_every_script():
 
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_runs(command, checkpoint_of, tmp_path, capsys):
-    """The command as written, `# comment` dropped, in this process through main(); a training command gets a
+    """The command as written, in this process through main(); a training command gets a
     small budget and a run directory in tmp appended (the last value of a flag wins), and a placeholder path
     of a checkpoint, `runs/<...>/model.pt`, becomes one this test trained. A flag renamed or removed fails."""
     script = re.match(r"python (\w+)\.py", command)[1]
     assert script in SCRIPTS, f"the README runs {script}.py, which SCRIPTS in this file does not know yet"
-    command = command.split(" #")[0]
     placeholders = re.findall(r"\S*<[^>]*>\S*", command)
     assert all(p.endswith("model.pt") for p in placeholders), f"a placeholder this test cannot fill: {placeholders}"
     for p in placeholders:
