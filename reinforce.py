@@ -245,10 +245,12 @@ class EnvironmentNotFinite(FloatingPointError):
     """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
 
 
-def check_finite(what: str, value, steps_so_far: int) -> None:
-    """Raise EnvironmentNotFinite unless every number in value (an observation, a reward) is finite."""
-    if not np.isfinite(value).all():
-        raise EnvironmentNotFinite(what, steps_so_far)
+def check_finite(obs, reward: float, steps_so_far: int) -> None:
+    """Raise EnvironmentNotFinite, naming which, unless the observation(s) and the reward are finite."""
+    if not np.isfinite(obs).all():
+        raise EnvironmentNotFinite("observation", steps_so_far)
+    if not math.isfinite(reward):  # a scalar: math is ~30x faster than numpy here, and this runs every step
+        raise EnvironmentNotFinite("reward", steps_so_far)
 
 
 def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episode_end) -> dict[str, torch.Tensor]:
@@ -262,9 +264,9 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
     """
     steps = [{"obs": [], "actions": [], "rewards": []} for _ in envs]
     obs = [env.reset()[0] for env in envs]
-    steps_so_far = 0
-    check_finite("observation", obs, steps_so_far)
     running = list(range(len(envs)))
+    steps_so_far = 0
+    check_finite(obs, 0.0, steps_so_far)  # reset() returns no reward
     while running:
         batch_obs = torch.as_tensor(np.stack([obs[i] for i in running]), dtype=torch.float32, device=device)
         actions = policy.act(batch_obs).cpu().numpy()
@@ -275,8 +277,7 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
             )
             next_obs, reward, terminated, truncated, _ = envs[i].step(env_action)
             steps_so_far += 1
-            check_finite("observation", next_obs, steps_so_far)
-            check_finite("reward", reward, steps_so_far)
+            check_finite(next_obs, reward, steps_so_far)
             steps[i]["obs"].append(obs[i])
             steps[i]["actions"].append(action)
             steps[i]["rewards"].append(float(reward))
