@@ -303,7 +303,7 @@ def test_padding_changes_neither_loss_nor_gradient(padding):
     if padding == "depends on theta":
         filled = [torch.where(pad, 5 * theta, x) for x in (logp, old_logp, ref_logp)]
     else:
-        filled = [torch.where(pad, float(padding), x) for x in (logp, old_logp, ref_logp)]
+        filled = [torch.where(pad, float(padding) + 0 * theta, x) for x in (logp, old_logp, ref_logp)]  # with a graph
     for estimator in ("k3", "k2"):
         reference = grpo.grpo_loss(*zeros, advantages, mask, 0.2, 0.3, estimator)
         loss = grpo.grpo_loss(*filled, advantages, mask, 0.2, 0.3, estimator)
