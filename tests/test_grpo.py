@@ -5,6 +5,7 @@ measure how far it is from the true grad J (computed by finite differences of th
 """
 
 import copy
+import itertools
 import math
 
 import pytest
@@ -74,7 +75,7 @@ def test_std_normalisation_weights_prompts_by_success_rate():
 
     E[grad L] = -1/B sum_q w(p_q) grad p_q, w(p) = a_right(p) - a_wrong(p), while grad J = 1/B sum_q grad p_q:
     the std division scales each prompt's share by a function of its success rate, so E[grad L] is not
-    parallel to grad J. (w is flat only for G = 3: with binary rewards, the two stds a group can have agree.)"""
+    parallel to grad J. (For G = 2 and G = 3 w is flat, 0.7070 and 1.1544 for every p: see the next test.)"""
     G, B = 6, 2
     problem = bandit([1.0, 0.0])
     theta = torch.tensor([[-1.1, 1.1], [0.3, 0.3]], dtype=F64, requires_grad=True)
@@ -112,12 +113,36 @@ def test_std_normalisation_weights_prompts_by_success_rate():
     assert cosine(-grad_L, grad_J) < 1 - 1e-4
 
 
+def test_std_weight_is_flat_only_for_groups_of_2_and_3():
+    """w(p) = a_right(p) - a_wrong(p) for binary rewards, exactly. G = 2: a mixed group is always {1, 0}, whose
+    advantages are +-0.5 / (sqrt(1/2) + eps), so w = 0.7070 for every p. G = 3: the two mixed groups, one right
+    or two right, have the same std sqrt(1/3), so w = (2/3) / (sqrt(1/3) + eps) = 1.1544. From G = 4 on, w
+    depends on p."""
+    ps = [0.05, 0.2, 0.5, 0.8, 0.95]
+
+    def w(p, G):  # E[A_1 | r_1 = 1] - E[A_1 | r_1 = 0] by grpo.group_advantages, over the other G - 1 rewards
+        others = torch.tensor(list(itertools.product([0.0, 1.0], repeat=G - 1)), dtype=F64)
+        prob = (p**others * (1 - p) ** (1 - others)).prod(-1)
+        A = [grpo.group_advantages(torch.cat([torch.full((len(others), 1), r, dtype=F64), others], 1), EPS)[:, 0]
+             for r in (1.0, 0.0)]  # fmt: skip
+        return float((prob * (A[0] - A[1])).sum())
+
+    for G, flat in ((2, 0.5 / (math.sqrt(1 / 2) + EPS)), (3, (2 / 3) / (math.sqrt(1 / 3) + EPS))):
+        assert all(w(p, G) == pytest.approx(flat, rel=1e-12) for p in ps), (G, [w(p, G) for p in ps])
+    for G in (4, 6, 8):
+        values = [w(p, G) for p in ps]
+        assert max(values) - min(values) > 0.05 * max(values), (G, values)
+
+
 def test_length_normalisation_biases_towards_long_wrong_answers():
     """A token model over {EOS, right, wrong} with completions of up to 3 tokens, whose length depends on
     whether the first token is right. Every group of G is enumerated.
 
     E[grad L] = -sum_o pi(o) a(r(o)) / |o| grad log pi(o): 1/|o| is inside the expectation, so the
-    gradient is not parallel to grad J. With a constant normaliser (Dr. GRPO) in place of |o| it would be."""
+    gradient is not parallel to grad J. With a constant normaliser (Dr. GRPO) in place of |o| it would be.
+    The tilt has the direction the name says: per unit step, the expected GRPO step makes wrong answers
+    longer (here: shortens them less) and right answers shorter than a step along grad J does, because a wrong
+    answer's push down and a right answer's push up are both divided by its length."""
     G, eos, right = 3, 0, 1
     tree = TokenTree(vocab_size=3, eos=eos, max_len=3)
     theta = torch.randn(tree.n_rows, 3, generator=torch.Generator().manual_seed(3), dtype=F64) * 1.5
@@ -135,6 +160,16 @@ def test_length_normalisation_biases_towards_long_wrong_answers():
         return loss_at_old_policy(logp_all[idx][None], rewards_all[idx][None], tree.mask[idx][None])
 
     grad_L = expected_grad(theta, every_group(probs, G), loss)
+    grad_J = fd_grad(J, theta)
+
+    def mean_length(t, correct):  # E[|o| | r(o) = correct]
+        w = tree.probs(t) * (rewards_all == correct)
+        return (w * tree.lengths).sum() / w.sum()
+
+    for correct, sign in ((0.0, 1), (1.0, -1)):  # wrong answers drift longer, right ones shorter
+        slope = fd_grad(lambda t, c=correct: mean_length(t, c), theta)
+        along_grpo, along_J = (float((slope * d).sum() / d.norm()) for d in (-grad_L, grad_J))
+        assert sign * (along_grpo - along_J) > 0.01, (correct, along_grpo, along_J)
 
     p = float((probs * rewards_all).sum())
     a_right, a_wrong = conditional_advantages(p, G, grpo_advantage)
@@ -143,7 +178,6 @@ def test_length_normalisation_biases_towards_long_wrong_answers():
     derived = torch.autograd.grad((probs * a / tree.lengths * seq_logp).sum(), theta)[0]
     assert_close(-grad_L, derived)
 
-    grad_J = fd_grad(J, theta)
     lengths_right = (probs * rewards_all * tree.lengths).sum() / p
     lengths_wrong = (probs * (1 - rewards_all) * tree.lengths).sum() / (1 - p)
     assert abs(lengths_right - lengths_wrong) > 0.2, "the premise: length depends on correctness"
