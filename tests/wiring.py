@@ -18,6 +18,19 @@ optimisers). copy.deepcopy(state) copies the tuple as one object, so each optimi
 at the copied parameters and keeps its own copy of its moments: both runs start from the same optimiser
 state. Use float64 networks, and warm an Adam optimiser up (a few steps on another batch) before checking:
 Adam's first step from empty moments is lr * sign(grad), blind to any factor that scales a gradient.
+Each run starts from torch.manual_seed(0), so an update() that shuffles minibatches with torch's global
+generator (PPO) draws the same permutation in both runs: hand_steps then draws it the same way.
+Example (grpo.py; tests/test_grpo.py has it in full):
+
+    state = (policy, optimizer)
+    def hand_steps(state):
+        policy, optimizer = state
+        for _ in range(args.num_iterations):
+            logp = grpo.token_logprobs(policy, batch["prompts"], batch["completions"])
+            optimiser_step(optimizer, grpo.grpo_loss(logp, batch["logp"], ...), args.max_grad_norm)
+    assert_update_is_hand_built_steps(state, lambda s: grpo.update(*s, batch, args), hand_steps)
+    assert_each_hyperparameter_changes_the_update(state, lambda s, a: grpo.update(*s, batch, a), args,
+                                                  {"beta": 0.3, "clip_eps": 0.02, ...})
 """
 
 from __future__ import annotations
@@ -59,6 +72,7 @@ def parameter_change(state, run_update, *update_args) -> torch.Tensor:
     """The flat change of every parameter that run_update(copy of state, *update_args) makes; state is untouched."""
     twin = copy.deepcopy(state)
     before = flat_parameters(twin)
+    torch.manual_seed(0)
     run_update(twin, *update_args)
     return flat_parameters(twin) - before
 
