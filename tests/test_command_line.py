@@ -1,4 +1,4 @@
-"""The command-line contract of every script (CONVENTIONS.md sections 2 and 3), checked the same way for each.
+"""The command-line contract of every script (the README's "The command line" section), checked the same way for each.
 
 Bad input gets one line on stderr, exit status 2, no traceback and no files; so does a run directory that
 cannot be created or written, before training starts; a corrupt or foreign checkpoint is refused the same
