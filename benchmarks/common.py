@@ -123,14 +123,14 @@ def mean_at_step(ep: Episodes, step: float, window: int = WINDOW) -> float:
 
 
 def median_and_worst(values, higher_is_better: bool = False) -> tuple[float, float]:
-    """(median, worst) over seeds. None stands for a seed that did not get there within its budget (not
-    solved), and counts as worse than any number: the median is then None when half or more of the seeds
+    """(median, worst) over seeds. None (or NaN) stands for a seed that did not get there within its budget
+    (not solved), and counts as worse than any number: the median is then None when half or more of the seeds
     did not get there (the median of an even count is the mean of the two middle values, None if either is
     None), and the worst is None as soon as one did not."""
     if not values:
         return None, None
     sign = -1.0 if higher_is_better else 1.0
-    keyed = sorted(math.inf if v is None else sign * v for v in values)  # ascending = best first
+    keyed = sorted(math.inf if v is None or math.isnan(v) else sign * v for v in values)  # best first
     n = len(keyed)
     middle = keyed[(n - 1) // 2 : n // 2 + 1]
     median = None if math.inf in middle else sign * statistics.fmean(middle)

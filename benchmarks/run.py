@@ -222,7 +222,7 @@ def summarise(job: Job, record: dict) -> dict:
         "episodes": ep,
         "steps": int(ep.steps[i]) if i is not None else None,
         "seconds": float(ep.seconds[i]) if i is not None else None,
-        "marks": [mean_at_step(ep, m) for m in task.marks],
+        "marks": [mean_at_step(ep, m) if m <= job.budget else None for m in task.marks],
         "final": mean_at_step(ep, job.budget),
         "total_seconds": float(ep.seconds[-1]) if len(ep.seconds) else None,
     }
@@ -230,6 +230,14 @@ def summarise(job: Job, record: dict) -> dict:
 
 def times(x) -> str:
     return "-" if x is None else f"{x:.2f}x"
+
+
+def pair(median_worst, digits: int = 1, missing: str = "-") -> str:
+    """A table cell "median (worst)"; just `missing` when neither exists."""
+    median, worst = median_worst
+    if median is None and worst is None:
+        return missing
+    return f"{fmt(median, digits, missing)} ({fmt(worst, digits, missing)})"
 
 
 def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: str, out: str) -> list[str]:
@@ -251,8 +259,9 @@ def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: s
             "steps": median_and_worst([r["steps"] for r in res]),
             "seconds": median_and_worst([r["seconds"] for r in res]),
             "final": median_and_worst([r["final"] for r in res], higher_is_better=True),
-            "marks": [median_and_worst([r["marks"][k] for r in res], higher_is_better=True)
-                      for k in range(len(spec.marks))],  # fmt: skip
+            "marks": [
+                median_and_worst([r["marks"][k] for r in res], higher_is_better=True) for k in range(len(spec.marks))
+            ],  # fmt: skip
             "total": median_and_worst([r["total_seconds"] for r in res]),
         }
 
@@ -261,7 +270,8 @@ def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: s
         lines += [f"Solved: the mean return of the last 20 training episodes reaches {spec.threshold:g}; budget "
                   f"{budget:,} steps; median (worst) over seeds; seconds from process launch.", "",
                   "| algorithm | steps to solve | seconds to solve | solved | final mean return | "
-                  "steps, ours / SB3 | seconds, ours / SB3 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+                  "steps, ours / SB3 | seconds, ours / SB3 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     else:
         marks = " | ".join(f"mean return at {m // 1000}k" for m in spec.marks)
         lines += [f"Mean return of the last 20 training episodes; budget {budget:,} steps; median (worst) over "
@@ -272,17 +282,16 @@ def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: s
         s, n = stats[a], len(results[a])
         match = ALGORITHMS[a][1] if ALGORITHMS[a][1] in stats else None
         not_run = f" ({failed[a]} failed)" if failed[a] else ""
-        final = f"{fmt(s['final'][0])} ({fmt(s['final'][1])})"
+        final = pair(s["final"])
         if spec.threshold is not None:
             solved = sum(r["steps"] is not None for _, r in results[a])
-            steps = f"{fmt(s['steps'][0], 0, 'not solved')} ({fmt(s['steps'][1], 0, 'not solved')})"
-            secs = f"{fmt(s['seconds'][0], 1, 'not solved')} ({fmt(s['seconds'][1], 1, 'not solved')})"
+            steps, secs = pair(s["steps"], 0, "not solved"), pair(s["seconds"], 1, "not solved")
             r_steps = times(ratio(s["steps"][0], stats[match]["steps"][0])) if match else "-"
             r_secs = times(ratio(s["seconds"][0], stats[match]["seconds"][0])) if match else "-"
             lines.append(f"| {a}{not_run} | {steps} | {secs} | {solved}/{n} | {final} | {r_steps} | {r_secs} |")
         else:
-            at = " | ".join(f"{fmt(m[0])} ({fmt(m[1])})" for m in s["marks"])
-            secs = f"{fmt(s['total'][0])} ({fmt(s['total'][1])})"
+            at = " | ".join(pair(m) for m in s["marks"])
+            secs = pair(s["total"])
             r_secs = times(ratio(s["total"][0], stats[match]["total"][0])) if match else "-"
             lines.append(f"| {a}{not_run} | {at} | {final} | {secs} | {r_secs} |")
 
@@ -347,7 +356,8 @@ def write_reports(jobs: list[Job], records: dict[int, dict], out: str, command: 
         else:
             page += [f"Not produced: {grpo.get('why', 'the experiment failed')}.", ""]
 
-    machine = ["### Machine", "", *machine_lines(), f"- started {started}; finished {time.strftime('%Y-%m-%d %H:%M %Z')}",
+    finished_at = time.strftime("%Y-%m-%d %H:%M %Z")
+    machine = ["### Machine", "", *machine_lines(), f"- started {started}; finished {finished_at}",
                f"- load average (1, 5, 15 min) before {load}, after {load_average()}", f"- `{command}`"]  # fmt: skip
     with open(os.path.join(out, "machine.md"), "w") as f:
         f.write("\n".join(machine) + "\n")
@@ -357,7 +367,8 @@ def write_reports(jobs: list[Job], records: dict[int, dict], out: str, command: 
     with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["task", "algorithm", "seed", "budget", "returncode", "steps_to_solve", "seconds_to_solve",
-                         "final_mean_return", "seconds_to_last_episode", "launch_to_training_start", "command"])  # fmt: skip
+                         "final_mean_return", "seconds_to_last_episode", "launch_to_training_start",
+                         "command"])  # fmt: skip
         for i, job in enumerate(jobs):
             rec = records[i]
             r = summarise(job, rec) if rec["returncode"] == 0 else {}
@@ -385,7 +396,9 @@ def run_grpo(out: str, timeout: float) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help=f"{QUICK['tasks']}, seeds {QUICK['seeds']}, {QUICK['algos']}")
+    mode.add_argument(
+        "--quick", action="store_true", help=f"{QUICK['tasks']}, seeds {QUICK['seeds']}, {QUICK['algos']}"
+    )
     mode.add_argument("--full", action="store_true", help="every row of PLAN, and the GRPO experiment")
     p.add_argument("--algos", nargs="+", choices=list(ALGORITHMS), help="only these algorithms (default: PLAN's)")
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), help="only these tasks (default: PLAN's)")
