@@ -170,9 +170,11 @@ def quartiles(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return out[0], out[1], out[2]
 
 
-def plot_curves(path: str, title: str, panels: list[tuple[str, dict[str, tuple]]], ylabel: str, hline=None):
+def plot_curves(path: str, title: str, panels: list[tuple[str, dict[str, tuple]]], ylabel: str, hline=None,
+                colours: dict[str, str] | None = None):  # fmt: skip
     """One PNG with a panel per (x label, {label: (grid, q25, median, q75)}): the median as a line, the
-    inter-quartile range as a band; an optional dashed horizontal line (the threshold)."""
+    inter-quartile range as a band; an optional dotted horizontal line (the threshold). Labels starting
+    with "sb3" are dashed; `colours` maps labels to matplotlib colours (default: one each)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +183,7 @@ def plot_curves(path: str, title: str, panels: list[tuple[str, dict[str, tuple]]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.2), squeeze=False)
     for ax, (xlabel, series) in zip(axes[0], panels, strict=True):
         for i, (label, (grid, q25, med, q75)) in enumerate(series.items()):
-            color, style = f"C{i % 10}", "--" if label.startswith("sb3") else "-"
+            color, style = (colours or {}).get(label, f"C{i % 10}"), "--" if label.startswith("sb3") else "-"
             ax.plot(grid, med, style, color=color, label=label, linewidth=1.6)
             ax.fill_between(grid, q25, q75, color=color, alpha=0.18, linewidth=0)
         if hline is not None:

@@ -59,9 +59,10 @@ from common import (
 
 # ================================================================================================
 # THE BENCHMARK: one row per (algorithm, task) that --full runs. Edit here and nowhere else.
-#   budget: --total-timesteps of every run (the same for every algorithm on a task: a table compares
-#           algorithms at an equal budget; CartPole-v1's 100k is the RL Zoo's n_timesteps for PPO and TRPO,
-#           over which their learning-rate and clip schedules decay)
+#   budget: --total-timesteps of every run. CartPole-v1's 100k is the RL Zoo's n_timesteps for PPO and
+#           TRPO (PPO's learning rate and clip decay over it). SB3's A2C, whose Zoo entry trains 500k steps
+#           at a constant learning rate, does not solve within 100k: it gets 200k, which leaves its first
+#           100k unchanged. The table says so where a task's budgets differ.
 #   seeds:  --full runs seeds 1..seeds
 #   flags:  extra command-line arguments for that algorithm on that task
 # ================================================================================================
@@ -72,7 +73,7 @@ PLAN = [
     ("ppo",          "CartPole-v1",  100_000,  10,    []),
     ("trpo",         "CartPole-v1",  100_000,  10,    []),
     ("sb3-ppo",      "CartPole-v1",  100_000,  10,    []),
-    ("sb3-a2c",      "CartPole-v1",  100_000,  10,    []),
+    ("sb3-a2c",      "CartPole-v1",  200_000,  10,    []),  # constant lr: more budget changes nothing before
     ("sb3-trpo",     "CartPole-v1",  100_000,  10,    []),
     ("reinforce",    "Acrobot-v1",   200_000,  5,     []),
     ("actor_critic", "Acrobot-v1",   200_000,  5,     ["--ent-coef", "0.01"]),  # README: Acrobot wants entropy
@@ -110,6 +111,8 @@ ALGORITHMS = {
     "sb3-a2c": (["benchmarks/sb3_runner.py", "--algo", "a2c"], None),
     "sb3-trpo": (["benchmarks/sb3_runner.py", "--algo", "trpo"], None),
 }
+
+COLOUR = {"reinforce": 0, "actor_critic": 1, "sb3-a2c": 1, "ppo": 2, "sb3-ppo": 2, "trpo": 3, "sb3-trpo": 3}
 
 
 @dataclass
@@ -251,7 +254,8 @@ def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: s
                 results[job.algo].append((job.seed, summarise(job, records[i])))
             else:
                 failed[job.algo] += 1
-    budget = max(j.budget for j in jobs if j.task == task)
+    budgets = {j.algo: j.budget for j in jobs if j.task == task}
+    one_budget = len(set(budgets.values())) == 1
     stats = {}
     for a in algos:
         res = [r for _, r in results[a]]
@@ -267,14 +271,14 @@ def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: s
 
     lines = [f"### {task}", ""]
     if spec.threshold is not None:
-        lines += [f"Solved: the mean return of the last 20 training episodes reaches {spec.threshold:g}; budget "
-                  f"{budget:,} steps; median (worst) over seeds; seconds from process launch.", "",
+        lines += [f"Solved: the mean return of the last 20 training episodes reaches {spec.threshold:g}; "
+                  f"{budget_note(budgets)}; median (worst) over seeds; seconds from process launch.", "",
                   "| algorithm | steps to solve | seconds to solve | solved | final mean return | "
                   "steps, ours / SB3 | seconds, ours / SB3 |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     else:
         marks = " | ".join(f"mean return at {m // 1000}k" for m in spec.marks)
-        lines += [f"Mean return of the last 20 training episodes; budget {budget:,} steps; median (worst) over "
+        lines += [f"Mean return of the last 20 training episodes; {budget_note(budgets)}; median (worst) over "
                   "seeds; seconds from process launch to the last episode.", "",
                   f"| algorithm | {marks} | final mean return | seconds | seconds, ours / SB3 |",
                   "| --- |" + " ---: |" * (len(spec.marks) + 3)]  # fmt: skip
@@ -282,6 +286,7 @@ def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: s
         s, n = stats[a], len(results[a])
         match = ALGORITHMS[a][1] if ALGORITHMS[a][1] in stats else None
         not_run = f" ({failed[a]} failed)" if failed[a] else ""
+        not_run += "" if one_budget else f" ({budgets[a] // 1000}k steps)"
         final = pair(s["final"])
         if spec.threshold is not None:
             solved = sum(r["steps"] is not None for _, r in results[a])
@@ -314,7 +319,7 @@ def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: s
 
     png = f"{task}.png"
     try:
-        plot_task(os.path.join(out, png), task, results, budget, spec.threshold)
+        plot_task(os.path.join(out, png), task, results, budgets, spec.threshold)
         lines += ["", f"![{task}: learning curves]({png})"]
     except ImportError:
         lines += ["", "(no figure: matplotlib is not installed; `pip install -r benchmarks/requirements.txt`)"]
@@ -324,10 +329,17 @@ def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: s
     return lines
 
 
-def plot_task(path: str, task: str, results: dict, budget: int, threshold) -> None:
+def budget_note(budgets: dict[str, int]) -> str:
+    if len(set(budgets.values())) == 1:
+        return f"budget {next(iter(budgets.values())):,} steps"
+    return "budgets in steps as shown"
+
+
+def plot_task(path: str, task: str, results: dict, budgets: dict[str, int], threshold) -> None:
     """Median and inter-quartile band over seeds of the mean of the last 20 returns, against environment
-    steps and against seconds from launch (a finished run keeps its last value)."""
-    step_grid = np.linspace(0, budget, 201)
+    steps (up to each algorithm's budget) and against seconds from launch (a finished run keeps its last
+    value). Our scripts solid, Stable-Baselines3 dashed, an algorithm and its SB3 match in one colour."""
+    step_grid = np.linspace(0, max(budgets.values()), 201)
     longest = max((r["total_seconds"] or 0 for runs in results.values() for _, r in runs), default=1.0)
     second_grid = np.linspace(0, longest, 201)
     by_steps, by_seconds = {}, {}
@@ -335,12 +347,15 @@ def plot_task(path: str, task: str, results: dict, budget: int, threshold) -> No
         if not runs:
             continue
         means = [(r["episodes"], rolling_mean(r["episodes"].returns)) for _, r in runs]
-        by_steps[algo] = (step_grid, *quartiles([curve_on_grid(e.steps, m, step_grid) for e, m in means]))
+        on_steps = np.array([curve_on_grid(e.steps, m, step_grid) for e, m in means])
+        on_steps[:, step_grid > budgets[algo]] = np.nan
+        by_steps[algo] = (step_grid, *quartiles(on_steps))
         by_seconds[algo] = (second_grid, *quartiles([curve_on_grid(e.seconds, m, second_grid) for e, m in means]))
     n = max(len(runs) for runs in results.values())
     title = f"{task}: mean return of the last 20 training episodes, median and IQR over {n} seeds"
+    colours = {a: f"C{COLOUR[a]}" for a in results}
     plot_curves(path, title, [("environment steps", by_steps), ("seconds from process launch", by_seconds)],
-                "return", hline=threshold)  # fmt: skip
+                "return", hline=threshold, colours=colours)  # fmt: skip
 
 
 def write_reports(jobs: list[Job], records: dict[int, dict], out: str, command: str, started: str, load: str,
@@ -436,6 +451,9 @@ def main(argv=None) -> None:
                 sys.exit(f"error: {path} is missing: run the benchmark first (without --report-only)")
             with open(path) as f:
                 records[i] = json.load(f)
+            if records[i]["command"] != job.shown():
+                sys.exit(f"error: {job.run_dir} was run as `{records[i]['command']}`, not as PLAN and the arguments "
+                         f"say now (`{job.shown()}`): run the benchmark (without --report-only)")  # fmt: skip
         grpo = None
     else:
         print(f"{len(jobs)} runs into {out}; load average {load}", file=sys.stderr, flush=True)

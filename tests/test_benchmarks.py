@@ -184,6 +184,7 @@ def test_sb3_runner_files_have_our_format(tmp_path):
 
     start = time.time() - 10.0  # training "started" 10 s ago
     files = sb3_runner.RunFiles(str(tmp_path / "theirs"), start)
+    files.rollout_end(8)  # a rollout in which no episode ended
     files.episode(16, 9.0, 2)
     files.episode(24, 11.0, 3)
     files.rollout_end(32)
@@ -193,7 +194,8 @@ def test_sb3_runner_files_have_our_format(tmp_path):
     assert all(10.0 <= float(r["wall_time"]) < 11.0 for r in theirs)
     metrics = read_csv(tmp_path / "theirs" / "metrics.csv")
     assert list(metrics[0])[:2] == list(read_csv(ours / "metrics.csv")[0])[:2] == ["global_step", "wall_time"]
-    assert metrics[0]["global_step"] == "32" and float(metrics[0]["episodic_return"]) == 10.0
+    assert metrics[0]["global_step"] == "8" and math.isnan(float(metrics[0]["episodic_return"]))
+    assert metrics[1]["global_step"] == "32" and float(metrics[1]["episodic_return"]) == 10.0
     files.close()
     offset = common.launch_offset(str(tmp_path / "theirs" / "metrics.csv"), start - 2.0)
     assert offset == pytest.approx(2.0, abs=0.05)
