@@ -32,6 +32,7 @@ interrupted benchmark resumes where it stopped (--fresh runs everything again).
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -217,7 +218,8 @@ def run_all(jobs: list[Job], n_parallel: int, timeout: float, fresh: bool) -> di
 # ----------------------------------------------------------------------------------------------
 def summarise(job: Job, record: dict) -> dict:
     """A finished run's numbers: steps and seconds to solve (None if not solved), the mean return of the last
-    20 episodes at each mark and at the end, seconds from launch to its last episode."""
+    20 episodes at each mark and at the end (a run may pass its budget to finish its last batch, as a script
+    whose batches are whole episodes does), seconds from launch to its last episode."""
     ep = read_episodes(os.path.join(job.run_dir, "episodes.csv"), offset=record["offset"])
     task = TASKS[job.task]
     i = solve_index(ep.returns, task.threshold) if task.threshold is not None and len(ep.returns) else None
@@ -226,7 +228,7 @@ def summarise(job: Job, record: dict) -> dict:
         "steps": int(ep.steps[i]) if i is not None else None,
         "seconds": float(ep.seconds[i]) if i is not None else None,
         "marks": [mean_at_step(ep, m) if m <= job.budget else None for m in task.marks],
-        "final": mean_at_step(ep, job.budget),
+        "final": mean_at_step(ep, math.inf),  # the last 20 episodes of the run, as the script's summary line
         "total_seconds": float(ep.seconds[-1]) if len(ep.seconds) else None,
     }
 

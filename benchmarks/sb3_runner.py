@@ -87,9 +87,6 @@ class RunFiles:
 
 def zoo_kwargs(algo: str, env_id: str) -> tuple[int, bool, dict]:
     """(n_envs, normalize, the model's keyword arguments) for the Zoo's entry, schedules made callables."""
-    if (algo, env_id) not in ZOO:
-        known = ", ".join(f"{a}/{e}" for a, e in ZOO)
-        raise SystemExit(f"error: no RL Zoo hyperparameters here for {algo} on {env_id}; known: {known}")
     kwargs = dict(ZOO[(algo, env_id)])
     n_envs, normalize = kwargs.pop("n_envs"), kwargs.pop("normalize", False)
     for key, value in kwargs.items():
@@ -145,7 +142,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.total_timesteps < 1 or args.torch_threads < 1:
         p.error("--total-timesteps and --torch-threads must be >= 1")
-    zoo_kwargs(args.algo, args.env_id)  # an unknown pair fails before anything is imported or written
+    if (args.algo, args.env_id) not in ZOO:  # before anything is imported or written
+        p.error(f"no RL Zoo hyperparameters here for {args.algo} on {args.env_id}; known: "
+                + ", ".join(f"{a}/{e}" for a, e in ZOO))  # fmt: skip
     train(args)
 
 
