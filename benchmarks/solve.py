@@ -2,7 +2,7 @@
 
     python benchmarks/solve.py reinforce.py --env-id CartPole-v1 --threshold 475 --seeds 1 2 3 4 5
 
-"Solved" is CONVENTIONS.md's definition: the first finished training episode at which the mean return
+"Solved" is the README's definition (section Benchmarks): the first finished training episode at which the mean return
 of the last 20 training episodes reaches the threshold, read from the run's episodes.csv. Steps are
 that episode's global_step. Seconds are measured from launching the process (Python start-up and
 imports included) to the moment that episode's row appears in episodes.csv (polled every 20 ms), so
