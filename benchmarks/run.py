@@ -426,6 +426,7 @@ def main(argv=None) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (1: each run has the machine to itself)")
     p.add_argument("--run-timeout", type=float, default=1800, help="seconds before a run is killed and counted failed")
     p.add_argument("--fresh", action="store_true", help="run again the runs that finished in an earlier call")
+    p.add_argument("--list", action="store_true", help="print the runs it would make, in order, and stop")
     p.add_argument("--report-only", action="store_true", help="no training: tables and figures from --out's runs")
     args = p.parse_args(argv)
     if args.jobs < 1:
@@ -434,13 +435,17 @@ def main(argv=None) -> None:
     algos = args.algos or (QUICK["algos"] if args.quick else list(ALGORITHMS))
     tasks = args.tasks or (QUICK["tasks"] if args.quick else list(TASKS))
     seeds = args.seeds or (QUICK["seeds"] if args.quick else None)
-    out = os.path.abspath(args.out or ("benchmarks/results" if args.full else "runs/benchmark"))
+    out = os.path.abspath(args.out or os.path.join(ROOT, "benchmarks/results" if args.full else "runs/benchmark"))
     missing = sorted({a for a in algos if not os.path.exists(os.path.join(ROOT, ALGORITHMS[a][0][0]))})
     if missing:
         print(f"skipping {', '.join(missing)}: not in this checkout", file=sys.stderr)
     jobs = plan_jobs([a for a in algos if a not in missing], tasks, seeds, out, args.budget)
     if not jobs:
         p.error("nothing to run: no row of PLAN matches --algos and --tasks")
+    if args.list:
+        print("\n".join(job.shown() for job in jobs))
+        print(f"{len(jobs)} runs" + (", then the GRPO experiment" if args.full or args.grpo else ""))
+        return
     os.makedirs(out, exist_ok=True)
     command = " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
     started, load = time.strftime("%Y-%m-%d %H:%M %Z"), load_average()
