@@ -25,9 +25,9 @@ from common import ROOT, read_episodes, solve_index
 def first_solve(path: str, threshold: float):
     """(global_step, episode index) of the first episode where the mean of the last 20 returns reaches
     threshold, or None."""
-    returns = read_episodes(path).returns
-    i = solve_index(returns, threshold) if len(returns) else None
-    return None if i is None else (int(read_episodes(path).steps[i]), i)
+    episodes = read_episodes(path)
+    i = solve_index(episodes.returns, threshold) if len(episodes.returns) else None
+    return None if i is None else (int(episodes.steps[i]), i)
 
 
 def run_seed(script: str, env_id: str, seed: int, threshold: float, budget: int, extra: list[str], run_dir: str):
