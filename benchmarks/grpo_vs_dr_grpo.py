@@ -26,13 +26,10 @@ of w(p) over the same groups, with w computed from each script's own group_advan
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -40,13 +37,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from common import ROOT, fmt, load_average, machine_lines, read_rows, run_command
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from exact import conditional_advantages  # noqa: E402  (the tests' closed form of E[A_i | r_i])
 
 ALGOS = ("grpo", "dr_grpo")
-SETTING = ["--total-updates", "200", "--max-completion-len", "16", "--beta", "0.04"]  # the default experiment
+# The default experiment, for both scripts: completions of up to 16 tokens (twice the scripts' default, so length
+# has room to move both ways), 16 prompts per update (a slower climb: groups stay mixed, and only mixed groups carry
+# a gradient, so the length mechanism acts for the whole run), and grpo.py's beta. At beta = 0 both scripts' entropy
+# collapses within 50 to 100 updates (one seed each, measured), every completion runs to the cap, and length has no
+# variance left for either loss to act on.
+SETTING = ["--total-updates", "120", "--prompts-per-update", "16", "--max-completion-len", "16", "--beta", "0.04"]
 BINS = [0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0]  # of p = pi_old(answer | prompt)
 MARKS = (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000)  # updates shown in the tables
 
@@ -55,38 +57,24 @@ MARKS = (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000)  # updates shown in th
 # Running
 # ----------------------------------------------------------------------------------------------
 def run(algo: str, seed: int, setting: list[str], run_dir: str) -> float:
-    """Train one seed of one algorithm through its command line; return the seconds it took (from launch)."""
+    """Train one seed of one algorithm through its command line, its output in run_dir/log.txt; return the
+    seconds from launch to exit."""
     cmd = [sys.executable, os.path.join(ROOT, f"{algo}.py"), "--seed", str(seed), "--run-dir", run_dir, *setting]
-    start = time.time()
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed with exit status {done.returncode}: {done.stderr.strip()}")
-    print(f"{algo} seed {seed}: {time.time() - start:.0f} s", file=sys.stderr)
-    return time.time() - start
+    os.makedirs(run_dir, exist_ok=True)
+    launch = run_command(cmd, os.path.join(run_dir, "log.txt"), timeout=3600)
+    if launch.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed with exit status {launch.returncode}: see {run_dir}/log.txt")
+    print(f"{algo} seed {seed}: {launch.seconds:.0f} s", file=sys.stderr)
+    return launch.seconds
 
 
 def run_dir(out: str, algo: str, seed: int) -> str:
     return os.path.join(out, "runs", f"{algo}__{seed}")
 
 
-def load_average() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def read(path: str) -> dict[str, np.ndarray]:
     """A csv file as columns of floats."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_rows(path)
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
@@ -149,10 +137,6 @@ def weight_by_bin(groups: dict[str, np.ndarray], group_size: int, w) -> list[tup
 # ----------------------------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------------------------
-def fmt(x: float, digits: int = 2) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
 def plot(curves: dict, weights: dict, path: str, title: str) -> None:
     import matplotlib
 
@@ -254,9 +238,9 @@ def main() -> None:
             cells = []
             for key in ("accuracy", "length_correct", "length_incorrect"):
                 median, low, high = (v[mark - 1] for v in spread(c[key]))
-                cells.append(f"{fmt(median)} [{fmt(low)}, {fmt(high)}]")
+                cells.append(f"{fmt(median, 2)} [{fmt(low, 2)}, {fmt(high, 2)}]")
             gap = spread([w - r for w, r in zip(c["length_incorrect"], c["length_correct"], strict=True)])[0][mark - 1]
-            cells += [fmt(gap), fmt(spread(c["mixed"])[0][mark - 1])]
+            cells += [fmt(gap, 2), fmt(spread(c["mixed"])[0][mark - 1], 2)]
             lines.append(f"| {mark} | {algo}.py | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -280,9 +264,10 @@ def main() -> None:
         g, d = weights["grpo"][i], weights["dr_grpo"][i]
         lines.append(f"| {lo:.2f}-{hi:.2f} | {g[0]} | {fmt(g[1], 3)} | {fmt(g[2], 3)} | {d[0]} | {fmt(d[1], 3)} | "
                      f"{fmt(d[2], 3)} |")  # fmt: skip
-    machine = f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
-    lines += ["", f"Machine: {machine}; {len(jobs)} runs, {args.jobs} at a time, {elapsed:.0f} s in all; "
-              f"load average (1, 5, 15 min) before {load_before}, after {load_average()}."]  # fmt: skip
+    when = time.strftime("%Y-%m-%d %H:%M")
+    lines += ["", f"{len(jobs)} runs, {args.jobs} at a time, {elapsed:.0f} s in all, {when}; load average "
+              f"(1, 5, 15 min) before {load_before}, after {load_average()}. Machine:", ""]  # fmt: skip
+    lines += machine_lines()
     with open(os.path.join(args.out, "grpo_vs_dr_grpo.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
