@@ -149,7 +149,9 @@ def plot(curves: dict, weights: dict, path: str, title: str) -> None:
         ("length_incorrect", "length of wrong completions"),
         ("mixed", "share of groups with a gradient"),
     ]
-    fig, axes = plt.subplots(1, 5, figsize=(24, 4.4))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    axes = axes.flatten()
+    axes[5].axis("off")
     colors = {"grpo": "tab:red", "dr_grpo": "tab:blue"}
     for ax, (key, label) in zip(axes, panels, strict=False):
         for algo in ALGOS:
@@ -167,7 +169,8 @@ def plot(curves: dict, weights: dict, path: str, title: str) -> None:
         exact = [e for _, _, e in weights[algo]]
         ax.plot(centres, exact, color=colors[algo], label=f"{algo}.py exact w(p)")
         ax.plot(centres, measured, "o", color=colors[algo], label=f"{algo}.py measured")
-    ax.set(xlabel="p = pi_old(answer | prompt), binned", title="weight of a prompt, w(p)", yscale="log")
+    ax.set(xlabel="p = pi_old(answer | prompt), binned", title="weight of a prompt by its success rate, w(p)")
+    ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
@@ -224,7 +227,8 @@ def main() -> None:
     title = f"grpo.py vs dr_grpo.py, {len(args.seeds)} seeds each, setting: {' '.join(setting)}"
     plot(curves, weights, os.path.join(args.out, "grpo_vs_dr_grpo.png"), title)
 
-    lines = [f"## {title}", "", f"Produced by `{command}`.", ""]
+    made = "Drawn (--plot-only) from runs trained earlier with the same setting" if args.plot_only else "Produced"
+    lines = [f"## {title}", "", f"{made} by `{command}`.", ""]
     lines += ["Median over seeds [worst seed, best seed]; lengths are rolling means over "
               f"{args.smooth} updates of the completions sampled for training (tokens, EOS included).", ""]  # fmt: skip
     lines += [
