@@ -6,6 +6,7 @@ weight that depends on a prompt's success rate, and no pull on how long a comple
 """
 
 import math
+from dataclasses import fields
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ from exact import (
     one_group_per_prompt,
 )
 from runs import short_grpo_run_learns_and_eval_reloads
-from test_grpo import EPS, grpo_advantage
+from test_grpo import EPS, WIRING_ARGS, grpo_advantage, grpo_state
+from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
 
 import dr_grpo
 import grpo
@@ -224,6 +226,41 @@ def test_group_advantages_no_std_and_refuses_bad_shapes():
     for bad in (torch.ones(6), torch.ones(3, 1), torch.ones(2, 3, 4)):
         with pytest.raises(ValueError, match="G >= 2"):
             dr_grpo.group_advantages(bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Wiring: update() applies exactly dr_grpo's loss, and every hyperparameter of the loss reaches it
+# ----------------------------------------------------------------------------------------------
+DR_WIRING_ARGS = dr_grpo.Args(**{f.name: getattr(WIRING_ARGS, f.name) for f in fields(dr_grpo.Args)})
+
+
+def test_update_is_num_iterations_steps_on_the_dr_grpo_loss():
+    """On test_grpo.py's small batch and warmed-up Adam: update() makes the same parameter change as
+    num_iterations optimiser steps on grpo_loss(..., max_len = --max-completion-len) built by hand, with pi_old
+    the sampler at every pass."""
+    state, batch = grpo_state()
+    args = DR_WIRING_ARGS
+
+    def by_hand(state):
+        policy, optimizer = state
+        for _ in range(args.num_iterations):
+            logp = dr_grpo.token_logprobs(policy, batch["prompts"], batch["completions"])
+            loss = dr_grpo.grpo_loss(logp, batch["logp"], batch["ref_logp"], batch["advantages"], batch["mask"],
+                                     args.max_completion_len, args.clip_eps, args.beta, args.kl_estimator)  # fmt: skip
+            optimiser_step(optimizer, loss, args.max_grad_norm)
+
+    assert_update_is_hand_built_steps(state, lambda s: dr_grpo.update(*s, batch, args), by_hand)
+
+
+def test_every_hyperparameter_of_the_loss_reaches_update():
+    """The constant normaliser included: --max-completion-len 7 on a batch whose completions have at most 5 tokens
+    changes the update (a normaliser read from the batch's width would not)."""
+    state, batch = grpo_state()
+    changes = {"beta": 0.3, "kl_estimator": "k2", "clip_eps": 0.02, "num_iterations": 2, "max_grad_norm": 0.01,
+               "max_completion_len": 7}  # fmt: skip
+    assert_each_hyperparameter_changes_the_update(
+        state, lambda s, args: dr_grpo.update(*s, batch, args), DR_WIRING_ARGS, changes
+    )
 
 
 # ----------------------------------------------------------------------------------------------
