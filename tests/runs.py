@@ -21,3 +21,11 @@ def script_command(script: str, *args: str) -> list[str]:
 
 def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(script_command(script, *args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def eval_mean_return(module, path, capsys) -> float:
+    """Run `<script>.py --eval path` in this process (module: the imported script) for 3 episodes; the mean return."""
+    assert module.main(["--eval", str(path), "--eval-episodes", "3"]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line.startswith("eval ") and "mean return" in last_line
+    return float(last_line.split("mean return ")[1].split()[0])

@@ -23,7 +23,7 @@ from exact import (
     trajectory_log_probs,
     true_grad,
 )
-from runs import read_csv
+from runs import eval_mean_return, read_csv
 
 import actor_critic as ac
 
@@ -310,14 +310,7 @@ def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
     assert all(s % ac.Args.num_envs == 0 for s in steps) and steps == sorted(steps)
     rows = read_csv(run / "metrics.csv")
     assert steps[-1] <= int(rows[-1]["global_step"]) and sum(int(e["length"]) for e in episodes) <= steps[-1]
-    assert eval_mean_return(run / "model.pt", capsys) > 100
-
-
-def eval_mean_return(path, capsys):
-    assert ac.main(["--eval", str(path), "--eval-episodes", "3"]) == 0
-    last_line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last_line.startswith("eval ") and "mean return" in last_line
-    return float(last_line.split("mean return ")[1].split()[0])
+    assert eval_mean_return(ac, run / "model.pt", capsys) > 100
 
 
 def test_pendulum_gaussian_path_runs_and_every_episode_is_truncated(tmp_path, capsys):
@@ -328,4 +321,4 @@ def test_pendulum_gaussian_path_runs_and_every_episode_is_truncated(tmp_path, ca
     assert [int(e["length"]) for e in episodes] == [200] * 8  # each env's two episodes, both cut by the time limit
     assert [int(e["global_step"]) for e in episodes] == [800] * 4 + [1600] * 4
     assert len(read_csv(run / "metrics.csv")) == 1600 // 64 and (run / "model.pt").exists()
-    eval_mean_return(run / "model.pt", capsys)
+    eval_mean_return(ac, run / "model.pt", capsys)
