@@ -255,10 +255,9 @@ def gaussian_kl(old_mean, old_log_std, mean, log_std) -> torch.Tensor:
     """KL(N_old || N) of diagonal Gaussians, sum_d [ log(s_d / s_old,d) + (s_old,d^2 + (m_old,d - m_d)^2) / (2 s_d^2)
     - 1/2 ]. Means [B, D], log-stds [D] or [B, D] -> [B]; the old ones detached here."""
     old_mean, old_log_std = old_mean.detach(), old_log_std.detach()
-    var_ratio = torch.exp(2 * (old_log_std - log_std))
-    return (log_std - old_log_std + 0.5 * (var_ratio + (old_mean - mean).pow(2) * torch.exp(-2 * log_std)) - 0.5).sum(
-        -1
-    )
+    var_ratio = torch.exp(2 * (old_log_std - log_std))  # s_old^2 / s^2
+    mean_term = (old_mean - mean).pow(2) * torch.exp(-2 * log_std)  # (m_old - m)^2 / s^2
+    return (log_std - old_log_std + 0.5 * (var_ratio + mean_term) - 0.5).sum(-1)
 
 
 def kl_divergence(old_dist: tuple[torch.Tensor, ...], dist: tuple[torch.Tensor, ...]) -> torch.Tensor:
