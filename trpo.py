@@ -55,7 +55,6 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -350,17 +349,14 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------------
 # Rollout: T steps of N environments, continuing where the last rollout stopped
 # ----------------------------------------------------------------------------------------------
-class NonFiniteEnvironment(Exception):
-    """The environment returned a NaN or an infinity: its fault, not the policy's."""
-
-    def __init__(self, what: str, steps: int):
-        super().__init__(what)
-        self.what, self.steps = what, steps  # "observation" or "reward"; env steps at which it came
+class EnvironmentNotFinite(FloatingPointError):
+    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
 
 
-def check_finite(what: str, x: np.ndarray, steps: int) -> None:
-    if not np.isfinite(x).all():
-        raise NonFiniteEnvironment(what, steps)
+def check_finite(what: str, value, steps_so_far: int) -> None:
+    """Raise EnvironmentNotFinite unless every number in value (an observation, a reward) is finite."""
+    if not np.isfinite(value).all():
+        raise EnvironmentNotFinite(what, steps_so_far)
 
 
 def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.device, on_episode_end) -> dict:
@@ -372,12 +368,12 @@ def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.dev
     next_obs s'_t, the true next state: the next row's obs, except at an episode's last step, where it is
     the final observation of the ended episode. As each episode ends, on_episode_end(episode_return,
     length, steps_so_far) is called, steps_so_far counting the steps of all envs in this rollout so far.
-    Raises NonFiniteEnvironment when an observation (the one it starts from included) or a reward is not finite.
+    Every observation and reward is checked as it arrives: a NaN or an infinity raises EnvironmentNotFinite.
     """
     keys = ("obs", "actions", "rewards", "terminated", "truncated", "next_obs")
     steps = {k: [] for k in keys}
     space = envs.single_action_space
-    check_finite("observation", carry["obs"], 0)  # the first rollout's: the observation of envs.reset()
+    check_finite("observation", carry["obs"], 0)  # from reset() before the first rollout, else checked already
     for t in range(num_steps):
         obs = carry["obs"]
         actions = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
@@ -387,8 +383,7 @@ def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.dev
         true_next_obs = next_obs.copy()  # next_obs of an ended episode is already the next one's reset obs
         for i in np.flatnonzero(done):
             true_next_obs[i] = infos["final_obs"][i]
-        check_finite("observation", next_obs, (t + 1) * envs.num_envs)
-        check_finite("observation", true_next_obs, (t + 1) * envs.num_envs)
+        check_finite("observation", (next_obs, true_next_obs), (t + 1) * envs.num_envs)
         check_finite("reward", rewards, (t + 1) * envs.num_envs)
         for k, v in zip(keys, (obs, actions, rewards, terminated, truncated, true_next_obs), strict=True):
             steps[k].append(v)
@@ -561,28 +556,9 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
-def open_run_dir(run_dir: str):
-    """Create run_dir and open metrics.csv and episodes.csv in it; ValueError (bad input) if that fails."""
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        return open(os.path.join(run_dir, "metrics.csv"), "w", newline=""), open(
-            os.path.join(run_dir, "episodes.csv"), "w", newline=""
-        )
-    except OSError as e:
-        raise ValueError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
-
-
 # ----------------------------------------------------------------------------------------------
 # Training loop
 # ----------------------------------------------------------------------------------------------
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, `timeout`, `docker stop`), handled like Ctrl-C; main() exits with 143."""
-
-
-def raise_terminated(signum, frame):
-    raise Terminated()
-
-
 def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
@@ -591,6 +567,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `docker stop`), raised wherever training is, and handled like Ctrl-C."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
 
 
 def train(args: Args) -> dict[str, float]:
@@ -609,14 +593,15 @@ def train(args: Args) -> dict[str, float]:
     optimizer = torch.optim.Adam(value_net.parameters(), lr=args.learning_rate)
 
     run_dir = args.run_dir or f"runs/trpo__{args.env_id}__{args.seed}__{int(start)}"
-    try:
-        metrics_file, episodes_file = open_run_dir(run_dir)
-    except ValueError:
-        envs.close()
-        raise
     model_path = os.path.join(run_dir, "model.pt")
     columns = ["global_step", "wall_time", "sps", "episodic_return", "episode_length", "kl", "surrogate_improvement",
                "backtracks", "accepted", "value_loss", "entropy", "explained_variance"]  # fmt: skip
+    try:  # a run directory that cannot be created or written is bad input, found before training starts
+        os.makedirs(run_dir, exist_ok=True)
+        metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
+        episodes_file = open(os.path.join(run_dir, "episodes.csv"), "w", newline="")
+    except OSError as e:
+        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror or e}") from None
     metrics, episodes = csv.writer(metrics_file), csv.writer(episodes_file)
     metrics.writerow(columns)
     episodes.writerow(["global_step", "wall_time", "return", "length"])
@@ -629,9 +614,7 @@ def train(args: Args) -> dict[str, float]:
         recent.append(episode_return)
         recent_lengths.append(length)
 
-    previous_handler = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
-        signal.signal(signal.SIGTERM, raise_terminated)
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)  # restored when train() returns
     try:
         while global_step < args.total_timesteps:
             t0 = time.time()
@@ -640,16 +623,14 @@ def train(args: Args) -> dict[str, float]:
                 batch = rollout(envs, policy, carry, args.num_steps, device, on_episode_end)
                 global_step += batch["rewards"].numel()
                 stats = update(policy, value_net, optimizer, batch, args)
-            except (
-                FloatingPointError,
-                NonFiniteEnvironment,
-            ) as e:  # keep the last checkpoint, saved with finite weights
-                kept = f"the last good checkpoint is {model_path}" if saved else "no checkpoint was saved before it"
-                if isinstance(e, NonFiniteEnvironment):
-                    what = f"the environment returned a non-finite {e.what} at global step {global_step + e.steps}"
+            except FloatingPointError as e:  # keep the last checkpoint, which was saved with finite weights
+                if isinstance(e, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
+                    what, steps_so_far = e.args
+                    cause = f"the environment returned a non-finite {what} at global step {global_step + steps_so_far}"
                 else:
-                    what = f"non-finite {e} at global step {global_step}"
-                print(f"stopped: {what}; {kept}", file=sys.stderr)
+                    cause = f"non-finite {e} at global step {global_step}"
+                kept = f"the last good checkpoint is {model_path}" if saved else "no checkpoint was saved before it"
+                print(f"stopped: {cause}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
             episodes_file.flush()
             ended = slice(ended_before, len(recent))  # the episodes that ended during this rollout (maybe none)
@@ -673,13 +654,12 @@ def train(args: Args) -> dict[str, float]:
                     f"v_loss {stats['value_loss']:8.3f} | entropy {stats['entropy']:6.3f} | "
                     f"expl_var {stats['explained_variance']:6.3f}"
                 )
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Terminated
         save_checkpoint(model_path, policy, value_net, args, spaces, global_step)
         print(f"\ninterrupted at global step {global_step}; checkpoint and metrics saved in {run_dir}", file=sys.stderr)
         raise
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous_handler)
+        signal.signal(signal.SIGTERM, previous_sigterm)
         metrics_file.close()
         episodes_file.close()
         envs.close()
@@ -763,7 +743,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"trpo.py: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
         return 143 if isinstance(e, Terminated) else 130
     return 0
 
