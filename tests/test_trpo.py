@@ -299,12 +299,12 @@ def test_line_search_accepts_the_first_fraction_that_improves_within_the_kl_boun
 def wiring_batch(T=6, N=3, obs_dim=4, seed=1):
     g = torch.Generator().manual_seed(seed)
     return {
-        "obs": torch.randn(T, N, obs_dim, generator=g),
+        "obs": torch.randn(T, N, obs_dim, generator=g, dtype=F64),
         "actions": torch.randint(0, 2, (T, N), generator=g),
-        "rewards": torch.randn(T, N, generator=g),
-        "terminated": (torch.rand(T, N, generator=g) < 0.2).float(),
-        "truncated": (torch.rand(T, N, generator=g) < 0.2).float(),
-        "next_obs": torch.randn(T, N, obs_dim, generator=g),
+        "rewards": torch.randn(T, N, generator=g, dtype=F64),
+        "terminated": (torch.rand(T, N, generator=g) < 0.2).to(F64),
+        "truncated": (torch.rand(T, N, generator=g) < 0.2).to(F64),
+        "next_obs": torch.randn(T, N, obs_dim, generator=g, dtype=F64),
     }
 
 
@@ -312,10 +312,15 @@ WIRING_ARGS = dict(gamma=0.9, gae_lambda=0.8, delta=0.02, damping=0.2, cg_iters=
                    num_minibatches=2, vf_epochs=2)  # fmt: skip
 
 
+def wiring_networks():
+    """The same float64 policy and critic every time."""
+    torch.manual_seed(0)
+    return trpo.Policy(4, gym.spaces.Discrete(2), 8).double(), trpo.ValueNet(4, 8).double()
+
+
 def update_result(args, batch):
     """(policy parameters, value parameters) after one trpo.update from fixed networks and a fixed seed."""
-    torch.manual_seed(0)
-    policy, value_net = trpo.Policy(4, gym.spaces.Discrete(2), 8), trpo.ValueNet(4, 8)
+    policy, value_net = wiring_networks()
     optimizer = torch.optim.Adam(value_net.parameters(), lr=args.learning_rate)
     torch.manual_seed(1)  # the critic's minibatches
     trpo.update(policy, value_net, optimizer, batch, args)
@@ -326,8 +331,7 @@ def test_update_is_the_pure_functions_with_advantages_from_the_critic_before_the
     args, batch = trpo.Args(**WIRING_ARGS), wiring_batch()
     got_policy, got_value = update_result(args, batch)
 
-    torch.manual_seed(0)
-    policy, value_net = trpo.Policy(4, gym.spaces.Discrete(2), 8), trpo.ValueNet(4, 8)
+    policy, value_net = wiring_networks()
     with torch.no_grad():  # the critic before the update
         V, V_next = value_net(batch["obs"]), value_net(batch["next_obs"])
     rewards, terminated, truncated = batch["rewards"], batch["terminated"], batch["truncated"]
@@ -347,7 +351,7 @@ def test_update_is_the_pure_functions_with_advantages_from_the_critic_before_the
 
     expected, record = trpo.line_search(evaluate, theta_old, full_step, args.delta, args.backtrack_coef, 10)
     assert record["accepted"] == 1.0  # the test exercises a step that is taken
-    assert_close(got_policy, expected, rtol=1e-6)
+    assert_close(got_policy, expected, rtol=1e-9)
 
     # the critic: --vf-epochs epochs of Adam on 1/2 (V - G^lam)^2 over the same minibatches, G^lam = A + V
     targets = (A + V).reshape(-1)
@@ -358,19 +362,21 @@ def test_update_is_the_pure_functions_with_advantages_from_the_critic_before_the
             optimizer.zero_grad()
             (0.5 * (value_net(obs[idx]) - targets[idx]) ** 2).mean().backward()
             optimizer.step()
-    assert_close(got_value, trpo.flat_params(value_net), rtol=1e-6)
+    assert_close(got_value, trpo.flat_params(value_net), rtol=1e-9)
 
 
 @pytest.mark.parametrize(
     "name,value",
-    [("delta", 0.005), ("damping", 0.5), ("gae_lambda", 0.3), ("gamma", 0.5), ("cg_iters", 2), ("vf_epochs", 3)],
+    [("delta", 0.005), ("damping", 0.5), ("gae_lambda", 0.3), ("gamma", 0.5), ("cg_iters", 2)]
+    + [("vf_epochs", 3), ("learning_rate", 0.02), ("num_minibatches", 3)],
 )
 def test_every_hyperparameter_of_the_update_reaches_it(name, value):
+    """The policy's hyperparameters change the policy's step, the critic's change the critic's fit."""
     batch = wiring_batch()
-    base_policy, base_value = update_result(trpo.Args(**WIRING_ARGS), batch)
-    policy, value = update_result(trpo.Args(**{**WIRING_ARGS, name: value}), batch)
-    changed = policy if name != "vf_epochs" else value
-    assert (changed - (base_policy if name != "vf_epochs" else base_value)).norm() > 1e-4
+    base = update_result(trpo.Args(**WIRING_ARGS), batch)
+    changed = update_result(trpo.Args(**{**WIRING_ARGS, name: value}), batch)
+    which = 1 if name in ("vf_epochs", "learning_rate", "num_minibatches") else 0
+    assert (changed[which] - base[which]).norm() > 1e-6 * base[which].norm()
 
 
 # ----------------------------------------------------------------------------------------------
