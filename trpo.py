@@ -267,16 +267,23 @@ def kl_divergence(old_dist: tuple[torch.Tensor, ...], dist: tuple[torch.Tensor, 
 # ----------------------------------------------------------------------------------------------
 # The trust-region step: pure functions on flat parameter vectors [P]
 # ----------------------------------------------------------------------------------------------
-def fisher_vector_product(mean_kl, theta: torch.Tensor, v: torch.Tensor, damping: float) -> torch.Tensor:
-    """(F + damping I) v, F the Hessian at theta of mean_kl, by back-propagating twice: F v = grad[ grad KL . v ].
+def fisher_vector_product(mean_kl, theta: torch.Tensor, damping: float):
+    """The function v -> (F + damping I) v, F the Hessian at theta of mean_kl, by back-propagating twice:
+    F v = grad[ grad KL . v ]. F is never formed.
 
     mean_kl: a function of a flat parameter vector [P] -> the scalar mean KL(pi_old || pi_theta), pi_old fixed;
-    at theta = theta_old its Hessian is the Fisher matrix. theta, v: [P]. Returns [P]. F is never formed.
+    at theta = theta_old its Hessian is the Fisher matrix. theta: [P]. The returned function maps v [P] -> [P].
+    The first derivative, grad KL, is built once with its graph; each product back-propagates through it again
+    (conjugate gradient asks for --cg-iters + 1 products at the same theta).
     """
     theta = theta.detach().requires_grad_(True)
     (grad_kl,) = torch.autograd.grad(mean_kl(theta), theta, create_graph=True)
-    (fv,) = torch.autograd.grad(grad_kl @ v.detach(), theta)
-    return fv + damping * v
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        (fv,) = torch.autograd.grad(grad_kl @ v.detach(), theta, retain_graph=True)
+        return fv + damping * v
+
+    return product
 
 
 def conjugate_gradient(matvec, b: torch.Tensor, iters: int, tol: float = 1e-10) -> torch.Tensor:
@@ -432,7 +439,7 @@ def policy_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advant
     if not torch.isfinite(L):
         raise FloatingPointError("surrogate")
     (g,) = torch.autograd.grad(L, theta)  # the policy gradient at theta_old
-    fvp = lambda v: fisher_vector_product(mean_kl, theta_old, v, args.damping)  # noqa: E731
+    fvp = fisher_vector_product(mean_kl, theta_old, args.damping)  # v -> (F + damping I) v
     x = conjugate_gradient(fvp, g, args.cg_iters)  # ~ F^-1 g, the natural gradient
     xFx = float(x @ fvp(x))
     full_step = math.sqrt(2 * args.delta / xFx) * x if xFx > 0 else torch.zeros_like(x)  # 1/2 s^T F s = delta

@@ -103,8 +103,8 @@ def test_fisher_vector_product_is_the_exact_fisher_matrix_of_a_tabular_softmax_p
             F += pi[s, a] * torch.outer(u.view(-1), u.view(-1)) / len(states)
     v = torch.randn(S * A, generator=torch.Generator().manual_seed(5), dtype=F64)
     theta_old = THETA.reshape(-1)
-    assert_close(trpo.fisher_vector_product(mean_kl, theta_old, v, damping=0.0), F @ v, rtol=1e-10)
-    assert_close(trpo.fisher_vector_product(mean_kl, theta_old, v, damping=0.3), F @ v + 0.3 * v, rtol=1e-10)
+    assert_close(trpo.fisher_vector_product(mean_kl, theta_old, damping=0.0)(v), F @ v, rtol=1e-10)
+    assert_close(trpo.fisher_vector_product(mean_kl, theta_old, damping=0.3)(v), F @ v + 0.3 * v, rtol=1e-10)
 
 
 @pytest.mark.parametrize("action_space", [DISCRETE, BOX], ids=["categorical", "gaussian"])
@@ -122,8 +122,8 @@ def test_fisher_vector_product_is_the_derivative_of_the_kl_gradient(action_space
 
     eps = 1e-5
     expected = (kl_grad(theta_old + eps * v) - kl_grad(theta_old - eps * v)) / (2 * eps)
-    assert_close(trpo.fisher_vector_product(mean_kl, theta_old, v, damping=0.0), expected, rtol=1e-6)
-    assert_close(trpo.fisher_vector_product(mean_kl, theta_old, v, damping=0.1), expected + 0.1 * v, rtol=1e-6)
+    assert_close(trpo.fisher_vector_product(mean_kl, theta_old, damping=0.0)(v), expected, rtol=1e-6)
+    assert_close(trpo.fisher_vector_product(mean_kl, theta_old, damping=0.1)(v), expected + 0.1 * v, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,9 +218,7 @@ def test_search_direction_is_the_dense_natural_gradient():
     theta_old = trpo.flat_params(policy).requires_grad_(True)
     (g,) = torch.autograd.grad(surrogate_at(theta_old), theta_old)
     P, damping = len(g), 0.1
-    x = trpo.conjugate_gradient(
-        lambda v: trpo.fisher_vector_product(mean_kl, theta_old, v, damping), g, iters=P, tol=0.0
-    )
+    x = trpo.conjugate_gradient(trpo.fisher_vector_product(mean_kl, theta_old, damping), g, iters=P, tol=0.0)
     F = exact_fisher(policy, obs)
     assert_close(x, torch.linalg.solve(F + damping * torch.eye(P, dtype=F64), g), rtol=1e-6)
 
@@ -341,7 +339,7 @@ def test_update_is_the_pure_functions_with_advantages_from_the_critic_before_the
     theta_old = trpo.flat_params(policy).requires_grad_(True)
     (g,) = torch.autograd.grad(surrogate_at(theta_old), theta_old)
     theta_old = theta_old.detach()
-    fvp = lambda v: trpo.fisher_vector_product(mean_kl, theta_old, v, args.damping)  # noqa: E731
+    fvp = trpo.fisher_vector_product(mean_kl, theta_old, args.damping)
     x = trpo.conjugate_gradient(fvp, g, args.cg_iters)
     full_step = torch.sqrt(2 * args.delta / (x @ fvp(x))) * x
 
