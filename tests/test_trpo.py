@@ -15,6 +15,7 @@ import torch
 from exact import F64, MDP, THETA, assert_close, expected_grad, fd_grad, trajectory_log_probs, true_grad
 from runs import eval_mean_return, read_csv
 
+import actor_critic as ac
 import trpo
 
 
@@ -61,6 +62,33 @@ def random_batch(action_space, B=16, obs_dim=3, seed=1):
     else:
         actions = torch.randn(B, action_space.shape[0], generator=g, dtype=F64)
     return obs, actions, torch.randn(B, generator=g, dtype=F64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts, time limits and GAE are actor_critic.py's, which tests/test_actor_critic.py proves
+# ----------------------------------------------------------------------------------------------
+gym.register(
+    "CartPoleCutAt15-v0", entry_point="gymnasium.envs.classic_control.cartpole:CartPoleEnv", max_episode_steps=15
+)
+
+
+def test_rollout_and_gae_are_actor_critics():
+    """The same policy weights and seeds give the same batch, the same episode ends and the same advantages, on an
+    environment whose episodes end both ways (the pole falls: terminated; 15 steps: truncated)."""
+    results = []
+    for module in (ac, trpo):
+        envs = module.make_envs("CartPoleCutAt15-v0", 3)
+        obs, _ = envs.reset(seed=0)
+        carry = {"obs": obs, "episode_return": np.zeros(3), "episode_length": np.zeros(3, int)}
+        torch.manual_seed(0)
+        policy, value_net = module.Policy(4, envs.single_action_space, 8), module.ValueNet(4, 8)
+        ended = []
+        batch = module.rollout(envs, policy, carry, 40, torch.device("cpu"), lambda *e, ended=ended: ended.append(e))
+        results.append((batch, ended, module.advantages_and_targets(value_net, batch, 0.9, 0.8)))
+    (batch, ended, advantages), (trpo_batch, trpo_ended, trpo_advantages) = results
+    assert batch["terminated"].sum() > 0 and batch["truncated"].sum() > 0
+    assert batch.keys() == trpo_batch.keys() and all(torch.equal(batch[k], trpo_batch[k]) for k in batch)
+    assert ended == trpo_ended and all(torch.equal(a, b) for a, b in zip(advantages, trpo_advantages, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------
