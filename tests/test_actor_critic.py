@@ -24,6 +24,12 @@ from exact import (
     true_grad,
 )
 from runs import eval_mean_return, read_csv
+from wiring import (
+    assert_each_hyperparameter_changes_the_update,
+    assert_update_is_hand_built_steps,
+    optimiser_step,
+    rollout_batch,
+)
 
 import actor_critic as ac
 
@@ -293,6 +299,56 @@ def test_update_reports_explained_variance_of_the_critic_it_used_against_the_lam
     params = [*policy.parameters(), *value_net.parameters()]
     stats = ac.update(policy, value_net, torch.optim.Adam(params, lr=args.learning_rate), batch, args)
     assert stats["explained_variance"] == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# e2. Wiring: update() is one step on the joint loss, with advantages from the critic before the update
+# ----------------------------------------------------------------------------------------------
+WIRING_ARGS = ac.Args(gamma=0.9, gae_lambda=0.8, ent_coef=0.05, vf_coef=0.7, max_grad_norm=0.5, hidden_size=8)
+
+
+def actor_critic_state(network: str):
+    """(policy, critic, Adam) in float64, as train() builds them, Adam warmed up by two updates on other batches."""
+    torch.manual_seed(0)
+    policy = ac.Policy(4, gym.spaces.Discrete(2), 8).to(F64)
+    value_net = ac.ValueNet(4, 8, shared_with=policy if network == "shared" else None).to(F64)
+    params = list({id(p): p for net in (policy, value_net) for p in net.parameters()}.values())
+    state = (policy, value_net, torch.optim.Adam(params, lr=0.01))
+    for seed in (1, 2):
+        ac.update(*state, rollout_batch(seed), WIRING_ARGS)
+    return state, rollout_batch(3)
+
+
+@pytest.mark.parametrize("network", ["separate", "shared"])
+def test_update_is_one_step_on_the_joint_loss_with_the_critic_before_the_update(network):
+    state, batch = actor_critic_state(network)
+    args = WIRING_ARGS
+
+    def by_hand(state):
+        policy, value_net, optimizer = state
+        with torch.no_grad():  # the critic as it is before this update: its values are constants of the loss
+            values, next_values = value_net(batch["obs"]), value_net(batch["next_obs"])
+        advantages = ac.gae(batch["rewards"], values, next_values, batch["terminated"], batch["truncated"],
+                            args.gamma, args.gae_lambda)  # fmt: skip
+        targets = advantages + values
+        log_probs, entropy = policy.log_prob_entropy(batch["obs"].reshape(-1, 4), batch["actions"].reshape(-1))
+        loss = (
+            ac.policy_loss(log_probs, advantages.reshape(-1))
+            + args.vf_coef * ac.value_loss(value_net(batch["obs"].reshape(-1, 4)), targets.reshape(-1))
+            - args.ent_coef * entropy.mean()
+        )
+        optimiser_step(optimizer, loss, args.max_grad_norm)
+
+    assert_update_is_hand_built_steps(state, lambda s: ac.update(*s, batch, args), by_hand)
+
+
+@pytest.mark.parametrize("network", ["separate", "shared"])
+def test_every_hyperparameter_of_the_loss_reaches_update(network):
+    state, batch = actor_critic_state(network)
+    changes = {"gamma": 0.5, "gae_lambda": 0.3, "ent_coef": 0.5, "vf_coef": 0.1, "max_grad_norm": 0.01}
+    assert_each_hyperparameter_changes_the_update(
+        state, lambda s, args: ac.update(*s, batch, args), WIRING_ARGS, changes
+    )
 
 
 # ----------------------------------------------------------------------------------------------

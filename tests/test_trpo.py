@@ -14,6 +14,12 @@ import pytest
 import torch
 from exact import F64, MDP, THETA, assert_close, expected_grad, fd_grad, trajectory_log_probs, true_grad
 from runs import eval_mean_return, read_csv
+from wiring import (
+    assert_each_hyperparameter_changes_the_update,
+    assert_update_is_hand_built_steps,
+    optimiser_step,
+    rollout_batch,
+)
 
 import actor_critic as ac
 import trpo
@@ -322,87 +328,70 @@ def test_line_search_accepts_the_first_fraction_that_improves_within_the_kl_boun
 # ----------------------------------------------------------------------------------------------
 # e. Wiring: update() applies exactly what the pure functions define
 # ----------------------------------------------------------------------------------------------
-def wiring_batch(T=6, N=3, obs_dim=4, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "obs": torch.randn(T, N, obs_dim, generator=g, dtype=F64),
-        "actions": torch.randint(0, 2, (T, N), generator=g),
-        "rewards": torch.randn(T, N, generator=g, dtype=F64),
-        "terminated": (torch.rand(T, N, generator=g) < 0.2).to(F64),
-        "truncated": (torch.rand(T, N, generator=g) < 0.2).to(F64),
-        "next_obs": torch.randn(T, N, obs_dim, generator=g, dtype=F64),
-    }
+WIRING_ARGS = trpo.Args(gamma=0.9, gae_lambda=0.8, delta=0.02, damping=0.2, cg_iters=5, learning_rate=0.01,
+                        num_minibatches=2, vf_epochs=2, hidden_size=8)  # fmt: skip
 
 
-WIRING_ARGS = dict(gamma=0.9, gae_lambda=0.8, delta=0.02, damping=0.2, cg_iters=5, learning_rate=0.01,
-                   num_minibatches=2, vf_epochs=2)  # fmt: skip
+def run_update(state, batch, args):
+    torch.manual_seed(4)  # the critic's minibatches are drawn from torch's generator: the same for both runs
+    return trpo.update(*state, batch, args)
 
 
-def wiring_networks():
-    """The same float64 policy and critic every time."""
+def trpo_state():
+    """(policy, critic, the critic's Adam) in float64, as train() builds them, Adam warmed up by two updates."""
     torch.manual_seed(0)
-    return trpo.Policy(4, gym.spaces.Discrete(2), 8).double(), trpo.ValueNet(4, 8).double()
-
-
-def update_result(args, batch):
-    """(policy parameters, value parameters) after one trpo.update from fixed networks and a fixed seed."""
-    policy, value_net = wiring_networks()
-    optimizer = torch.optim.Adam(value_net.parameters(), lr=args.learning_rate)
-    torch.manual_seed(1)  # the critic's minibatches
-    trpo.update(policy, value_net, optimizer, batch, args)
-    return trpo.flat_params(policy), trpo.flat_params(value_net)
+    policy, value_net = trpo.Policy(4, gym.spaces.Discrete(2), 8).to(F64), trpo.ValueNet(4, 8).to(F64)
+    state = (policy, value_net, torch.optim.Adam(value_net.parameters(), lr=WIRING_ARGS.learning_rate))
+    for seed in (1, 2):
+        run_update(state, rollout_batch(seed), WIRING_ARGS)
+    return state, rollout_batch(3)
 
 
 def test_update_is_the_pure_functions_with_advantages_from_the_critic_before_the_update():
-    args, batch = trpo.Args(**WIRING_ARGS), wiring_batch()
-    got_policy, got_value = update_result(args, batch)
+    state, batch = trpo_state()
+    args = WIRING_ARGS
 
-    policy, value_net = wiring_networks()
-    with torch.no_grad():  # the critic before the update
-        V, V_next = value_net(batch["obs"]), value_net(batch["next_obs"])
-    rewards, terminated, truncated = batch["rewards"], batch["terminated"], batch["truncated"]
-    A = trpo.gae(rewards, V, V_next, terminated, truncated, args.gamma, args.gae_lambda)
-    obs, actions = batch["obs"].reshape(-1, 4), batch["actions"].reshape(-1)
-    surrogate_at, mean_kl = policy_functions(policy, obs, actions, A.reshape(-1))
-    theta_old = trpo.flat_params(policy).requires_grad_(True)
-    (g,) = torch.autograd.grad(surrogate_at(theta_old), theta_old)
-    theta_old = theta_old.detach()
-    fvp = trpo.fisher_vector_product(mean_kl, theta_old, args.damping)
-    x = trpo.conjugate_gradient(fvp, g, args.cg_iters)
-    full_step = torch.sqrt(2 * args.delta / (x @ fvp(x))) * x
+    def by_hand(state):
+        policy, value_net, optimizer = state
+        with torch.no_grad():  # the critic before the update: its values are constants of the surrogate
+            V, V_next = value_net(batch["obs"]), value_net(batch["next_obs"])
+        rewards, terminated, truncated = batch["rewards"], batch["terminated"], batch["truncated"]
+        A = trpo.gae(rewards, V, V_next, terminated, truncated, args.gamma, args.gae_lambda)
+        obs, actions = batch["obs"].reshape(-1, 4), batch["actions"].reshape(-1)
+        # the policy: g, x = CG(F + damping I, g), the full step sqrt(2 delta / x^T F x) x, the line search
+        surrogate_at, mean_kl = policy_functions(policy, obs, actions, A.reshape(-1))
+        theta_old = trpo.flat_params(policy).requires_grad_(True)
+        (g,) = torch.autograd.grad(surrogate_at(theta_old), theta_old)
+        theta_old = theta_old.detach()
+        fvp = trpo.fisher_vector_product(mean_kl, theta_old, args.damping)
+        x = trpo.conjugate_gradient(fvp, g, args.cg_iters)
+        full_step = torch.sqrt(2 * args.delta / (x @ fvp(x))) * x
 
-    def evaluate(theta):
-        with torch.no_grad():
-            return float(surrogate_at(theta)), float(mean_kl(theta))
+        def evaluate(theta):
+            with torch.no_grad():
+                return float(surrogate_at(theta)), float(mean_kl(theta))
 
-    expected, record = trpo.line_search(evaluate, theta_old, full_step, args.delta, args.backtrack_coef, 10)
-    assert record["accepted"] == 1.0  # the test exercises a step that is taken
-    assert_close(got_policy, expected, rtol=1e-9)
+        theta, record = trpo.line_search(evaluate, theta_old, full_step, args.delta, args.backtrack_coef, 10)
+        assert record["accepted"] == 1.0  # the check exercises a step that is taken
+        torch.nn.utils.vector_to_parameters(theta, policy.parameters())
+        # the critic: --vf-epochs epochs of Adam on 1/2 (V - G^lam)^2 over random minibatches, G^lam = A + V
+        targets = (A + V).reshape(-1)
+        torch.manual_seed(4)
+        for _ in range(args.vf_epochs):
+            for idx in torch.randperm(len(obs)).split(len(obs) // args.num_minibatches):
+                optimiser_step(optimizer, 0.5 * ((value_net(obs[idx]) - targets[idx]) ** 2).mean())
 
-    # the critic: --vf-epochs epochs of Adam on 1/2 (V - G^lam)^2 over the same minibatches, G^lam = A + V
-    targets = (A + V).reshape(-1)
-    optimizer = torch.optim.Adam(value_net.parameters(), lr=args.learning_rate)
-    torch.manual_seed(1)
-    for _ in range(args.vf_epochs):
-        for idx in torch.randperm(len(obs)).split(len(obs) // args.num_minibatches):
-            optimizer.zero_grad()
-            (0.5 * (value_net(obs[idx]) - targets[idx]) ** 2).mean().backward()
-            optimizer.step()
-    assert_close(got_value, trpo.flat_params(value_net), rtol=1e-9)
+    assert_update_is_hand_built_steps(state, lambda s: run_update(s, batch, args), by_hand)
 
 
-@pytest.mark.parametrize(
-    "name,value",
-    [("delta", 0.005), ("damping", 0.5), ("gae_lambda", 0.3), ("gamma", 0.5), ("cg_iters", 2)]
-    + [("vf_epochs", 3), ("learning_rate", 0.02), ("num_minibatches", 3)],
-)
-def test_every_hyperparameter_of_the_update_reaches_it(name, value):
-    """The policy's hyperparameters change the policy's step, the critic's change the critic's fit."""
-    batch = wiring_batch()
-    base = update_result(trpo.Args(**WIRING_ARGS), batch)
-    changed = update_result(trpo.Args(**{**WIRING_ARGS, name: value}), batch)
-    which = 1 if name in ("vf_epochs", "learning_rate", "num_minibatches") else 0
-    assert (changed[which] - base[which]).norm() > 1e-6 * base[which].norm()
+def test_every_hyperparameter_of_the_update_reaches_it():
+    """The policy's (delta, damping, cg_iters), the advantages' (gamma, gae_lambda) and the critic's fit's."""
+    state, batch = trpo_state()
+    changes = {"delta": 0.005, "damping": 0.5, "cg_iters": 2, "gamma": 0.5, "gae_lambda": 0.3}
+    changes |= {"vf_epochs": 3, "num_minibatches": 3}
+    assert_each_hyperparameter_changes_the_update(
+        state, lambda s, args: run_update(s, batch, args), WIRING_ARGS, changes
+    )
 
 
 # ----------------------------------------------------------------------------------------------
