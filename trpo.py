@@ -26,7 +26,9 @@ every direction the batch cannot see, and the damping keeps F + damping I well c
 Conjugate gradient (conjugate_gradient()) solves F x = g from such products alone: its k-th iterate
 minimises 1/2 x^T F x - g^T x over span{g, F g, ..., F^(k-1) g}, each search direction F-conjugate to the
 previous ones; it is exact after P iterations in exact arithmetic, and --cg-iters 10 already gives the
-directions that matter (those of F's largest eigenvalues). x^T F x comes from one more product.
+directions that matter most (CG resolves F's largest eigenvalues first). x^T F x comes from one more
+product. In the code every product is with F + damping I: CG solves (F + damping I) x = g and the scale
+uses xFx = x^T (F + damping I) x, so the quadratic model of the full step's KL is a little below delta.
 The line search is needed because both models are approximations: the surrogate is linear and the KL
 quadratic only near theta_old, so the full step can overshoot the KL radius or even make L worse.
 line_search() tries the fractions 1, c, c^2, ... (c = --backtrack-coef) of the full step and accepts the
