@@ -426,7 +426,7 @@ def policy_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advant
     theta_old = flat_params(policy)
     policy_at = lambda theta: torch.func.functional_call(policy, unflatten(policy, theta), (obs,))  # noqa: E731
     with torch.no_grad():
-        old_dist = policy(obs)
+        old_dist = tuple(d.detach() for d in policy(obs))  # pi_old: constants (log_std is a Parameter itself)
         old_log_probs, _ = policy.log_prob_entropy(old_dist, actions)
 
     def surrogate_at(theta: torch.Tensor) -> torch.Tensor:
@@ -444,7 +444,9 @@ def policy_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advant
     fvp = fisher_vector_product(mean_kl, theta_old, args.damping)  # v -> (F + damping I) v
     x = conjugate_gradient(fvp, g, args.cg_iters)  # ~ F^-1 g, the natural gradient
     xFx = float(x @ fvp(x))
-    full_step = math.sqrt(2 * args.delta / xFx) * x if xFx > 0 else torch.zeros_like(x)  # 1/2 s^T F s = delta
+    full_step = (
+        math.sqrt(2 * args.delta / xFx) * x if xFx > 0 else torch.zeros_like(x)
+    )  # 1/2 s^T (F + damping I) s = delta
     if not torch.isfinite(full_step).all():
         raise FloatingPointError("policy step")
 
