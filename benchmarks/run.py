@@ -83,7 +83,7 @@ PLAN = [
     ("sb3-ppo",      "Acrobot-v1",   200_000,  5,     []),
     ("actor_critic", "Pendulum-v1",  200_000,  5,     []),
     ("ppo",          "Pendulum-v1",  200_000,  5,     []),  # LEAD: the Pendulum-v1 flags ppo.py's README gives
-    ("trpo",         "Pendulum-v1",  200_000,  5,     []),  # LEAD: the Pendulum-v1 flags trpo.py's README gives
+    ("trpo",         "Pendulum-v1",  200_000,  5,     ["--gamma", "0.9", "--num-steps", "256", "--delta", "0.02"]),
     ("sb3-ppo",      "Pendulum-v1",  200_000,  5,     []),
 ]  # fmt: skip
 QUICK = {"tasks": ["CartPole-v1"], "seeds": [1, 2], "algos": ["reinforce", "actor_critic", "ppo", "sb3-ppo", "sb3-a2c"]}

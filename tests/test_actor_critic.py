@@ -23,8 +23,13 @@ from exact import (
     trajectory_log_probs,
     true_grad,
 )
-from runs import read_csv
-from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
+from runs import eval_mean_return, read_csv
+from wiring import (
+    assert_each_hyperparameter_changes_the_update,
+    assert_update_is_hand_built_steps,
+    optimiser_step,
+    rollout_batch,
+)
 
 import actor_critic as ac
 
@@ -302,19 +307,6 @@ def test_update_reports_explained_variance_of_the_critic_it_used_against_the_lam
 WIRING_ARGS = ac.Args(gamma=0.9, gae_lambda=0.8, ent_coef=0.05, vf_coef=0.7, max_grad_norm=0.5, hidden_size=8)
 
 
-def wiring_batch(seed: int, T: int = 5, N: int = 3, obs_dim: int = 4) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    terminated = (torch.rand(T, N, generator=g) < 0.2).to(F64)
-    return {
-        "obs": torch.randn(T, N, obs_dim, generator=g, dtype=F64),
-        "actions": torch.randint(0, 2, (T, N), generator=g),
-        "rewards": torch.randn(T, N, generator=g, dtype=F64),
-        "terminated": terminated,
-        "truncated": (1 - terminated) * (torch.rand(T, N, generator=g) < 0.2).to(F64),
-        "next_obs": torch.randn(T, N, obs_dim, generator=g, dtype=F64),
-    }
-
-
 def actor_critic_state(network: str):
     """(policy, critic, Adam) in float64, as train() builds them, Adam warmed up by two updates on other batches."""
     torch.manual_seed(0)
@@ -323,8 +315,8 @@ def actor_critic_state(network: str):
     params = list({id(p): p for net in (policy, value_net) for p in net.parameters()}.values())
     state = (policy, value_net, torch.optim.Adam(params, lr=0.01))
     for seed in (1, 2):
-        ac.update(*state, wiring_batch(seed), WIRING_ARGS)
-    return state, wiring_batch(3)
+        ac.update(*state, rollout_batch(seed), WIRING_ARGS)
+    return state, rollout_batch(3)
 
 
 @pytest.mark.parametrize("network", ["separate", "shared"])
@@ -374,14 +366,7 @@ def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
     assert all(s % ac.Args.num_envs == 0 for s in steps) and steps == sorted(steps)
     rows = read_csv(run / "metrics.csv")
     assert steps[-1] <= int(rows[-1]["global_step"]) and sum(int(e["length"]) for e in episodes) <= steps[-1]
-    assert eval_mean_return(run / "model.pt", capsys) > 100
-
-
-def eval_mean_return(path, capsys):
-    assert ac.main(["--eval", str(path), "--eval-episodes", "3"]) == 0
-    last_line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last_line.startswith("eval ") and "mean return" in last_line
-    return float(last_line.split("mean return ")[1].split()[0])
+    assert eval_mean_return(ac, run / "model.pt", capsys) > 100
 
 
 def test_pendulum_gaussian_path_runs_and_every_episode_is_truncated(tmp_path, capsys):
@@ -392,4 +377,4 @@ def test_pendulum_gaussian_path_runs_and_every_episode_is_truncated(tmp_path, ca
     assert [int(e["length"]) for e in episodes] == [200] * 8  # each env's two episodes, both cut by the time limit
     assert [int(e["global_step"]) for e in episodes] == [800] * 4 + [1600] * 4
     assert len(read_csv(run / "metrics.csv")) == 1600 // 64 and (run / "model.pt").exists()
-    eval_mean_return(run / "model.pt", capsys)
+    eval_mean_return(ac, run / "model.pt", capsys)

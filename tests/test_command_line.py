@@ -76,6 +76,19 @@ SCRIPTS = {
             (["--num-steps", "five"], "--num-steps"),
         ],
     },
+    "trpo": {
+        **GYMNASIUM_SCRIPT,
+        "short": ["--total-timesteps", "1024", "--num-steps", "32"],
+        "loss": "surrogate",
+        "bad": [
+            *GYMNASIUM_BAD_INPUT,
+            (["--delta", "0"], "--delta"),
+            (["--damping", "-0.1"], "--damping"),
+            (["--cg-iters", "0"], "--cg-iters"),
+            (["--backtrack-coef", "1.0"], "--backtrack-coef"),
+            (["--num-minibatches", "3"], "--num-minibatches"),
+        ],
+    },
     "grpo": {**GRPO_SCRIPT, "bad": [*GRPO_BAD_INPUT, (["--adv-eps", "0"], "--adv-eps")]},
     "dr_grpo": {**GRPO_SCRIPT, "bad": [*GRPO_BAD_INPUT, (["--max-completion-len", "0"], "--max-completion-len")]},
 }
@@ -169,13 +182,18 @@ def test_ctrl_c_and_sigterm_save_checkpoint_and_metrics(script, tmp_path):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(script, tmp_path, monkeypatch, capsys):
     module = importlib.import_module(script)
-    real_loss = getattr(module, SCRIPTS[script]["loss"])
-    calls = []
+    real_loss, real_update = getattr(module, SCRIPTS[script]["loss"]), module.update
+    updates = []  # counted, not the loss's calls: TRPO's line search and PPO's epochs call it several times
+
+    def update_counted(*args, **kwargs):
+        stats = real_update(*args, **kwargs)
+        updates.append(1)
+        return stats
 
     def loss_that_breaks(*args, **kwargs):  # the real loss for 4 updates, then NaN
-        calls.append(1)
-        return real_loss(*args, **kwargs) * (float("nan") if len(calls) > 4 else 1.0)
+        return real_loss(*args, **kwargs) * (float("nan") if len(updates) >= 4 else 1.0)
 
+    monkeypatch.setattr(module, "update", update_counted)
     monkeypatch.setattr(module, SCRIPTS[script]["loss"], loss_that_breaks)
     run = tmp_path / "run"
     argv = [*SCRIPTS[script]["short"], "--log-interval", "2", "--run-dir", str(run)]

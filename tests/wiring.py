@@ -13,6 +13,9 @@ every hyperparameter that enters the loss must reach it. Two checks, shared by e
         for each (name, value), update() with args.name = value must move the parameters differently from
         update() with args: a hyperparameter that update() ignores fails here.
 
+    rollout_batch(seed, T, N, obs_dim)
+        a random float64 batch in the shape of the Gymnasium scripts' rollout(), for their update().
+
 `state` is a tuple of whatever update() takes that carries parameters or optimiser state (networks,
 optimisers). copy.deepcopy(state) copies the tuple as one object, so each optimiser in the copy points
 at the copied parameters and keeps its own copy of its moments: both runs start from the same optimiser
@@ -40,6 +43,21 @@ import dataclasses
 
 import torch
 import torch.nn as nn
+
+
+def rollout_batch(seed: int, T: int = 5, N: int = 3, obs_dim: int = 4) -> dict[str, torch.Tensor]:
+    """A random float64 batch shaped as the Gymnasium scripts' rollout() returns it ([T, N, ...]), two discrete
+    actions, some steps terminated and some truncated (never both)."""
+    g = torch.Generator().manual_seed(seed)
+    terminated = (torch.rand(T, N, generator=g) < 0.2).to(torch.float64)
+    return {
+        "obs": torch.randn(T, N, obs_dim, generator=g, dtype=torch.float64),
+        "actions": torch.randint(0, 2, (T, N), generator=g),
+        "rewards": torch.randn(T, N, generator=g, dtype=torch.float64),
+        "terminated": terminated,
+        "truncated": (1 - terminated) * (torch.rand(T, N, generator=g) < 0.2).to(torch.float64),
+        "next_obs": torch.randn(T, N, obs_dim, generator=g, dtype=torch.float64),
+    }
 
 
 def parameters(state) -> list[torch.Tensor]:
