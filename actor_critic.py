@@ -51,6 +51,7 @@ import csv
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -249,6 +250,18 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------------
 # Rollout: T steps of N environments, continuing where the last rollout stopped
 # ----------------------------------------------------------------------------------------------
+class EnvironmentNotFinite(FloatingPointError):
+    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
+
+
+def check_finite(obs, reward, steps_so_far: int) -> None:
+    """Raise EnvironmentNotFinite, naming which, unless the observation(s) and the reward(s) are finite."""
+    if not np.isfinite(obs).all():
+        raise EnvironmentNotFinite("observation", steps_so_far)
+    if not np.isfinite(reward).all():
+        raise EnvironmentNotFinite("reward", steps_so_far)
+
+
 def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.device, on_episode_end) -> dict:
     """Step every env num_steps times with actions sampled from the policy, continuing from carry["obs"].
 
@@ -258,10 +271,12 @@ def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.dev
     next_obs s'_t, the true next state: the next row's obs, except at an episode's last step, where it is
     the final observation of the ended episode. As each episode ends, on_episode_end(episode_return,
     length, steps_so_far) is called, steps_so_far counting the steps of all envs in this rollout so far.
+    Every observation and reward is checked as it arrives: a NaN or an infinity raises EnvironmentNotFinite.
     """
     keys = ("obs", "actions", "rewards", "terminated", "truncated", "next_obs")
     steps = {k: [] for k in keys}
     space = envs.single_action_space
+    check_finite(carry["obs"], 0.0, 0)  # from reset() before the first rollout (no reward), else checked already
     for t in range(num_steps):
         obs = carry["obs"]
         actions = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
@@ -271,6 +286,7 @@ def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.dev
         true_next_obs = next_obs.copy()  # next_obs of an ended episode is already the next one's reset obs
         for i in np.flatnonzero(done):
             true_next_obs[i] = infos["final_obs"][i]
+        check_finite((next_obs, true_next_obs), rewards, (t + 1) * envs.num_envs)
         for k, v in zip(keys, (obs, actions, rewards, terminated, truncated, true_next_obs), strict=True):
             steps[k].append(v)
         carry["episode_return"] += rewards
@@ -405,6 +421,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `docker stop`), raised wherever training is, and handled like Ctrl-C."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
 def train(args: Args) -> dict[str, float]:
     """Train, writing metrics.csv (a row per update), episodes.csv (a row per episode) and model.pt."""
     start = time.time()
@@ -422,12 +446,15 @@ def train(args: Args) -> dict[str, float]:
     optimizer = torch.optim.Adam(params, lr=args.learning_rate)
 
     run_dir = args.run_dir or f"runs/actor_critic__{args.env_id}__{args.seed}__{int(start)}"
-    os.makedirs(run_dir, exist_ok=True)
     model_path = os.path.join(run_dir, "model.pt")
     columns = ["global_step", "wall_time", "sps", "episodic_return", "episode_length",
                "policy_loss", "value_loss", "entropy", "explained_variance"]  # fmt: skip
-    metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
-    episodes_file = open(os.path.join(run_dir, "episodes.csv"), "w", newline="")
+    try:  # a run directory that cannot be created or written is bad input, found before training starts
+        os.makedirs(run_dir, exist_ok=True)
+        metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
+        episodes_file = open(os.path.join(run_dir, "episodes.csv"), "w", newline="")
+    except OSError as e:
+        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror or e}") from None
     metrics, episodes = csv.writer(metrics_file), csv.writer(episodes_file)
     metrics.writerow(columns)
     episodes.writerow(["global_step", "wall_time", "return", "length"])
@@ -440,6 +467,7 @@ def train(args: Args) -> dict[str, float]:
         recent.append(episode_return)
         recent_lengths.append(length)
 
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)  # restored when train() returns
     try:
         while global_step < args.total_timesteps:
             t0 = time.time()
@@ -449,8 +477,13 @@ def train(args: Args) -> dict[str, float]:
                 global_step += batch["rewards"].numel()
                 stats = update(policy, value_net, optimizer, batch, args)
             except FloatingPointError as e:  # keep the last checkpoint, which was saved with finite weights
+                if isinstance(e, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
+                    what, steps_so_far = e.args
+                    cause = f"the environment returned a non-finite {what} at global step {global_step + steps_so_far}"
+                else:
+                    cause = f"non-finite {e} at global step {global_step}"
                 kept = f"the last good checkpoint is {model_path}" if saved else "no checkpoint was saved before it"
-                print(f"stopped: non-finite {e} at global step {global_step}; {kept}", file=sys.stderr)
+                print(f"stopped: {cause}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
             episodes_file.flush()
             ended = slice(ended_before, len(recent))  # the episodes that ended during this rollout (maybe none)
@@ -473,11 +506,12 @@ def train(args: Args) -> dict[str, float]:
                     f"sps {row['sps']:>6} | pi_loss {stats['policy_loss']:9.3f} | v_loss {stats['value_loss']:8.3f} | "
                     f"entropy {stats['entropy']:6.3f} | expl_var {stats['explained_variance']:6.3f}"
                 )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Terminated
         save_checkpoint(model_path, policy, value_net, args, spaces, global_step)
         print(f"\ninterrupted at global step {global_step}; checkpoint and metrics saved in {run_dir}", file=sys.stderr)
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         metrics_file.close()
         episodes_file.close()
         envs.close()
@@ -561,8 +595,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"actor_critic.py: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

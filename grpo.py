@@ -26,8 +26,13 @@ What the gradient of L is, exactly (tests/test_grpo.py proves each line by enume
     expectation makes a long wrong answer cost less per token than a short one, so wrong answers can
     drift longer (Liu et al. 2025). With binary rewards and completions of one length T:
     E[-grad L] = 1/B sum_b w(p_b)/T grad p_b, w(p) = a(1) - a(0), while grad J = 1/B sum_b grad p_b.
-  * beta * k3 used as a loss: its expected gradient at a sampled prefix is beta * grad KL(pi_ref || pi_theta),
-    the forward KL, although E[k3] is the reverse KL(pi_theta || pi_ref). k2 gives grad KL(pi_theta || pi_ref).
+  * beta * k3 used as a loss, at a prefix, for a token sampled from pi_theta itself: its expected gradient
+    is beta * grad KL(pi_ref || pi_theta), the forward KL, although E[k3] is the reverse KL(pi_theta || pi_ref);
+    k2 gives grad KL(pi_theta || pi_ref). That holds at the first of the --num-iterations passes only: from
+    the second on, the tokens were sampled from pi_old != pi_theta and the expected gradient is neither
+    (weighting each token's penalty by rho would restore it; DeepSeekMath and TRL do not). Summed with the
+    1/|o_i| weights it is not exactly a positive multiple of grad KL at each prefix even at the first pass:
+    |o_i| depends on the tokens that follow, so 1/|o_i| reweights them.
 What changed since ppo.py: no critic (the group is the baseline); the advantage is one number per
 completion, normalised within its group; a KL penalty to a frozen reference enters the loss instead of
 the reward; the policy is a causal language model that samples token by token until end-of-sequence.
@@ -41,7 +46,7 @@ digit (max, the default: 7; sum: (4 + 7 + 2) mod 10 = 3, much harder to learn), 
 (filler tokens '.') and an end-of-sequence token. The reward is 1 when the first token is the answer,
 else 0, whatever the length: how long the policy makes its right and its wrong completions is up to
 it, which is where GRPO's length bias can show. A fixed fifth of the 1000 prompts is held out to
-measure greedy accuracy; training prompts are drawn with every answer equally likely.
+measure greedy accuracy; training prompts are drawn with every answer equally likely (see Task).
 References: Shao et al. 2024 (DeepSeekMath, GRPO); Schulman et al. 2017 (PPO); Schulman 2020
 ("Approximating KL divergence", k1/k2/k3); Liu et al. 2025 ("Understanding R1-Zero-like training", Dr. GRPO).
 Run:  python grpo.py --help
@@ -55,6 +60,7 @@ import csv
 import itertools
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -142,7 +148,12 @@ TASKS = {  # the answer digit of each prompt: [N, NUM_DIGITS] -> [N]
 class Task:
     """Every prompt of NUM_DIGITS digits, split once (independently of --seed) into training prompts
     and a held-out fifth for evaluation. prompts: [N, NUM_DIGITS + 1] long; answers: [N] long.
-    Training batches are drawn with every answer equally likely; evaluation weighs every held-out prompt once."""
+    Training batches are drawn with every answer equally likely; evaluation weighs every held-out prompt once.
+    With --task max that is a deliberate trade: an answer shared by few prompts is as frequent as any other,
+    so a tenth of every batch is "0 0 0" (the one prompt whose max is 0, a training prompt: no held-out
+    prompt has answer 0) and another tenth the 5 training prompts whose max is 1. Drawn uniformly, they
+    would come up once in 800 and once in 160 prompts, and answers 0 and 1 would get almost no signal. A
+    prompt that is learned costs samples, not bias: once its group is all right, its advantages are 0."""
 
     def __init__(self, name: str, device: torch.device):
         digits = torch.tensor(list(itertools.product(range(DIGITS), repeat=NUM_DIGITS)))
@@ -286,7 +297,16 @@ def token_logprobs(policy: nn.Module, prompts: torch.Tensor, completions: torch.
 # ----------------------------------------------------------------------------------------------
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """A_i = (r_i - mean(r)) / (std(r) + eps) within each group; std with Bessel's correction (G - 1).
-    A group whose rewards are all equal gets A = 0 (0 / eps), not NaN. rewards: [B, G] -> [B, G]."""
+    A group whose rewards are all equal gets A = 0 (0 / eps), not NaN. rewards: [B, G] (float, int or bool;
+    detached here: advantages are constants) -> [B, G] float. A flat [B*G] layout whose G completions of a
+    prompt are adjacent (as sample() and TRL lay them out) goes in as rewards.view(-1, G) and comes back
+    with .view(-1)."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [B, G] with G >= 2 (got shape {list(rewards.shape)}); "
+                         "reshape a flat [B*G] layout with rewards.view(-1, G)")  # fmt: skip
+    rewards = rewards.detach()
+    if not rewards.is_floating_point():
+        rewards = rewards.to(torch.get_default_dtype())
     mean = rewards.mean(dim=-1, keepdim=True)
     std = rewards.std(dim=-1, keepdim=True)  # unbiased, as torch.std, TRL, verl and oat
     return (rewards - mean) / (std + eps)
@@ -295,7 +315,8 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                       clip_eps: float) -> torch.Tensor:  # fmt: skip
     """s_t = min(rho_t A, clip(rho_t, 1 - eps, 1 + eps) A), rho_t = exp(logp - old_logp), per token.
-    logp: [B, G, T] with grad; old_logp: [B, G, T] from the sampler; advantages: [B, G] -> [B, G, T]."""
+    logp: [B, G, T] with grad; old_logp: [B, G, T] from the sampler; advantages: [B, G] -> [B, G, T].
+    old_logp and advantages are constants, detached here. Per token, no mask: grpo_loss() masks."""
     ratio = torch.exp(logp - old_logp.detach())
     adv = advantages.detach().unsqueeze(-1)  # the same advantage for every token of a completion
     return torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
@@ -303,9 +324,10 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
     """Per-token estimate of the KL between pi_theta and pi_ref from a token sampled by the policy.
-    k3 = pi_ref/pi - log(pi_ref/pi) - 1 (>= 0; its expected gradient is that of KL(pi_ref || pi));
-    k2 = 1/2 (log pi - log pi_ref)^2 (its expected gradient is that of KL(pi || pi_ref)).
-    logp: [B, G, T] with grad; ref_logp: [B, G, T] -> [B, G, T]."""
+    k3 = pi_ref/pi - log(pi_ref/pi) - 1 (>= 0; its expected gradient is that of KL(pi_ref || pi) when the
+    token was sampled from pi_theta itself, not from an older pi_old); k2 = 1/2 (log pi - log pi_ref)^2 (its
+    expected gradient is that of KL(pi || pi_ref), under the same condition).
+    logp: [B, G, T] with grad; ref_logp: [B, G, T] (a constant, detached here) -> [B, G, T]. No mask."""
     log_ratio = ref_logp.detach() - logp
     if estimator == "k3":
         return torch.exp(log_ratio) - log_ratio - 1
@@ -316,8 +338,11 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3"
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """1/B sum_b 1/G sum_i 1/|o_i| sum_t per_token[b, i, t] over each completion's own tokens.
-    per_token, mask: [B, G, T] -> scalar. (Dr. GRPO divides by a constant instead of |o_i|.)"""
-    per_completion = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    per_token: [B, G, T]; mask: [B, G, T] float or bool -> scalar. (Dr. GRPO divides by a constant instead
+    of |o_i|.) Masked positions are replaced by 0 with torch.where, so whatever they hold (-inf, NaN, values
+    that depend on theta) changes neither the value nor the gradient, as long as that gradient is finite."""
+    keep = mask.bool()
+    per_completion = torch.where(keep, per_token, 0.0).sum(-1) / keep.sum(-1).clamp(min=1)
     return per_completion.mean()
 
 
@@ -332,11 +357,27 @@ def grpo_loss(
     kl_estimator: str = "k3",
 ) -> torch.Tensor:
     """L = -1/B sum_b 1/G sum_i 1/|o_i| sum_t (s_i,t - beta k_i,t)  (DeepSeekMath eq. 3, negated to minimise).
-    logp, old_logp, ref_logp, mask: [B, G, T]; advantages: [B, G] -> scalar."""
+    logp, old_logp, ref_logp, mask: [B, G, T]; advantages: [B, G] -> scalar. Padding may hold anything
+    (-inf, -1e4, log-probabilities that depend on theta): it is set to 0 before exp(), so it changes
+    neither the loss nor its gradient and cannot make either NaN."""
+    keep = mask.bool()
+    logp, old_logp, ref_logp = (torch.where(keep, x, 0.0) for x in (logp, old_logp, ref_logp))
     per_token = clipped_surrogate(logp, old_logp, advantages, clip_eps)
     if beta:
         per_token = per_token - beta * kl_penalty(logp, ref_logp, kl_estimator)
-    return -aggregate(per_token, mask)
+    return -aggregate(per_token, keep)
+
+
+def clip_fraction(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                  clip_eps: float) -> torch.Tensor:  # fmt: skip
+    """The share of the completions' tokens whose surrogate gradient the clip zeroes (as TRL counts them): the
+    ratio above 1 + eps with A > 0, or below 1 - eps with A < 0. A ratio outside the range the other way is
+    not clipped: min() keeps its unclipped term. Shapes as clipped_surrogate(), mask [B, G, T] -> scalar."""
+    keep = mask.bool()
+    ratio = torch.exp(torch.where(keep, logp - old_logp, 0.0)).detach()
+    adv = advantages.detach().unsqueeze(-1)
+    zeroed = ((ratio > 1 + clip_eps) & (adv > 0)) | ((ratio < 1 - clip_eps) & (adv < 0))
+    return (zeroed & keep).sum() / keep.sum().clamp(min=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,13 +399,11 @@ def update(policy, optimizer, batch: dict[str, torch.Tensor], args: Args) -> dic
             nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
         optimizer.step()
         with torch.no_grad():
-            ratio = torch.exp(logp - batch["logp"])
-            clipped = ((ratio - 1).abs() > args.clip_eps).float()
             kl = kl_penalty(logp, batch["ref_logp"], "k3")
-            n_tokens = mask.sum()
+            clipped = clip_fraction(logp, batch["logp"], batch["advantages"], mask, args.clip_eps)
             stats["loss"] += loss.item() / args.num_iterations
-            stats["kl"] += ((kl * mask).sum() / n_tokens).item() / args.num_iterations
-            stats["clip_fraction"] += ((clipped * mask).sum() / n_tokens).item() / args.num_iterations
+            stats["kl"] += ((kl * mask).sum() / mask.sum()).item() / args.num_iterations
+            stats["clip_fraction"] += clipped.item() / args.num_iterations
     if not all(torch.isfinite(p).all() for p in policy.parameters()):
         raise FloatingPointError("parameters")
     return stats
@@ -420,6 +459,14 @@ def mean_or_nan(x: torch.Tensor) -> float:
     return x.mean().item() if x.numel() else float("nan")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `docker stop`), raised wherever training is, and handled like Ctrl-C."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
 def train(args: Args) -> dict[str, float]:
     """Train, writing metrics.csv (a row per update) and model.pt."""
     start = time.time()
@@ -433,17 +480,24 @@ def train(args: Args) -> dict[str, float]:
     generator = torch.Generator(device=device).manual_seed(args.seed)
 
     run_dir = args.run_dir or f"runs/grpo__{args.task}__{args.seed}__{int(start)}"
-    os.makedirs(run_dir, exist_ok=True)
     model_path = os.path.join(run_dir, "model.pt")
     columns = ["global_step", "wall_time", "tokens_per_second", "mean_reward", "eval_accuracy",
                "length_correct", "length_incorrect", "kl", "clip_fraction", "entropy", "loss"]  # fmt: skip
-    metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
+    try:  # a run directory that cannot be created or written is bad input, found before training starts
+        os.makedirs(run_dir, exist_ok=True)
+        metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
+        groups_file = open(os.path.join(run_dir, "groups.csv"), "w", newline="")  # a row per group: who the loss weighs
+    except OSError as e:
+        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror or e}") from None
     metrics = csv.writer(metrics_file)
     metrics.writerow(columns)
+    groups = csv.writer(groups_file)
+    groups.writerow(["global_step", "p_right", "n_right", "advantage_right", "advantage_wrong"])
     n_params = sum(p.numel() for p in policy.parameters())
     print(f"grpo on task {args.task} | device {device} | {n_params} parameters | run dir {run_dir}")
 
     update_idx, accuracy, saved = 0, evaluate(policy, task), False
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)  # restored when train() returns
     try:
         while update_idx < args.total_updates:
             t0 = time.time()
@@ -454,6 +508,7 @@ def train(args: Args) -> dict[str, float]:
             rewards = Task.reward(answers, batch["completions"])
             with torch.no_grad():
                 batch["ref_logp"] = token_logprobs(reference, prompts, batch["completions"])
+                p_right = token_logprobs(policy, prompts, answers.view(-1, 1, 1)).exp().view(-1)  # pi_old(answer | q)
             batch.update(prompts=prompts, advantages=group_advantages(rewards, args.adv_eps))
             update_idx += 1
             try:
@@ -478,6 +533,12 @@ def train(args: Args) -> dict[str, float]:
             }
             metrics.writerow([row[c] for c in columns])
             metrics_file.flush()
+            n_right, adv = correct.sum(-1), batch["advantages"]
+            adv_right = (adv * correct).sum(-1) / n_right  # nan where no completion of the group is right
+            adv_wrong = (adv * ~correct).sum(-1) / (args.group_size - n_right)
+            columns_g = [[update_idx] * len(n_right), p_right.tolist(), n_right.tolist(), adv_right.tolist()]
+            groups.writerows(zip(*columns_g, adv_wrong.tolist(), strict=True))
+            groups_file.flush()
             if update_idx % args.log_interval == 0 or update_idx >= args.total_updates:
                 save_checkpoint(model_path, policy, args, update_idx)
                 saved = True
@@ -487,12 +548,14 @@ def train(args: Args) -> dict[str, float]:
                     f"kl {row['kl']:.4f} | clip {row['clip_fraction']:.3f} | entropy {row['entropy']:.3f} | "
                     f"{row['tokens_per_second']:>6} tok/s | {row['wall_time']:6.1f} s"
                 )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Terminated
         save_checkpoint(model_path, policy, args, update_idx)
         print(f"\ninterrupted at update {update_idx}; checkpoint and metrics saved in {run_dir}", file=sys.stderr)
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         metrics_file.close()
+        groups_file.close()
 
     summary = {"updates": update_idx, "eval_accuracy": accuracy, "seconds": time.time() - start}
     print(
@@ -560,8 +623,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"grpo.py: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

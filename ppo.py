@@ -404,10 +404,12 @@ class EnvironmentNotFinite(FloatingPointError):
     """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
 
 
-def check_finite(what: str, value, steps_so_far: int) -> None:
-    """Raise EnvironmentNotFinite unless every number in value (an observation, a reward) is finite."""
-    if not np.isfinite(value).all():
-        raise EnvironmentNotFinite(what, steps_so_far)
+def check_finite(obs, reward, steps_so_far: int) -> None:
+    """Raise EnvironmentNotFinite, naming which, unless the observation(s) and the reward(s) are finite."""
+    if not np.isfinite(obs).all():
+        raise EnvironmentNotFinite("observation", steps_so_far)
+    if not np.isfinite(reward).all():
+        raise EnvironmentNotFinite("reward", steps_so_far)
 
 
 def rollout(
@@ -427,7 +429,7 @@ def rollout(
     keys = ("obs", "actions", "log_probs", "rewards", "terminated", "truncated", "next_obs")
     steps = {k: [] for k in keys}
     space = envs.single_action_space
-    check_finite("observation", carry["obs"], 0)  # from reset() before the first rollout, else checked already
+    check_finite(carry["obs"], 0.0, 0)  # from reset() before the first rollout (no reward), else checked already
     for t in range(num_steps):
         obs = carry["obs"]
         actions, log_probs = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device))
@@ -438,8 +440,7 @@ def rollout(
         true_next_obs = next_obs.copy()  # next_obs of an ended episode is already the next one's reset obs
         for i in np.flatnonzero(done):
             true_next_obs[i] = infos["final_obs"][i]
-        check_finite("observation", (next_obs, true_next_obs), (t + 1) * envs.num_envs)
-        check_finite("reward", rewards, (t + 1) * envs.num_envs)
+        check_finite((next_obs, true_next_obs), rewards, (t + 1) * envs.num_envs)
         next_obs = normalizer.obs(next_obs)
         true_next_obs = normalizer.obs(true_next_obs, update=False)
         scaled = normalizer.reward(rewards, done)

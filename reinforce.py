@@ -52,6 +52,7 @@ import csv
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -240,6 +241,18 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------------
 # Rollout: N whole episodes, played at once
 # ----------------------------------------------------------------------------------------------
+class EnvironmentNotFinite(FloatingPointError):
+    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
+
+
+def check_finite(obs, reward: float, steps_so_far: int) -> None:
+    """Raise EnvironmentNotFinite, naming which, unless the observation(s) and the reward are finite."""
+    if not np.isfinite(obs).all():
+        raise EnvironmentNotFinite("observation", steps_so_far)
+    if not math.isfinite(reward):  # a scalar: math is ~30x faster than numpy here, and this runs every step
+        raise EnvironmentNotFinite("reward", steps_so_far)
+
+
 def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episode_end) -> dict[str, torch.Tensor]:
     """Play one episode in each env, batching the policy over the episodes still running.
 
@@ -247,11 +260,13 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
     obs [T, obs_dim], actions [T] or [T, D], rewards [T], dones [T] (1 at each episode's last step),
     timesteps [T] (index within the episode). As each episode ends, on_episode_end(episode_return, length,
     steps_so_far) is called, steps_so_far counting the steps of all envs in this rollout up to that moment.
+    Every observation and reward is checked as it arrives: a NaN or an infinity raises EnvironmentNotFinite.
     """
     steps = [{"obs": [], "actions": [], "rewards": []} for _ in envs]
     obs = [env.reset()[0] for env in envs]
     running = list(range(len(envs)))
     steps_so_far = 0
+    check_finite(obs, 0.0, steps_so_far)  # reset() returns no reward
     while running:
         batch_obs = torch.as_tensor(np.stack([obs[i] for i in running]), dtype=torch.float32, device=device)
         actions = policy.act(batch_obs).cpu().numpy()
@@ -261,11 +276,12 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
                 action if policy.discrete else np.clip(action, envs[i].action_space.low, envs[i].action_space.high)
             )
             next_obs, reward, terminated, truncated, _ = envs[i].step(env_action)
+            steps_so_far += 1
+            check_finite(next_obs, reward, steps_so_far)
             steps[i]["obs"].append(obs[i])
             steps[i]["actions"].append(action)
             steps[i]["rewards"].append(float(reward))
             obs[i] = next_obs
-            steps_so_far += 1
             if terminated or truncated:
                 on_episode_end(sum(steps[i]["rewards"]), len(steps[i]["rewards"]), steps_so_far)
             else:
@@ -389,6 +405,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `docker stop`), raised wherever training is, and handled like Ctrl-C."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
 def train(args: Args) -> dict[str, float]:
     """Train, writing metrics.csv (a row per update), episodes.csv (a row per episode) and model.pt."""
     start = time.time()
@@ -408,12 +432,15 @@ def train(args: Args) -> dict[str, float]:
         value_optimizer = torch.optim.Adam(value_net.parameters(), lr=args.value_learning_rate)
 
     run_dir = args.run_dir or f"runs/reinforce__{args.env_id}__{args.seed}__{int(start)}"
-    os.makedirs(run_dir, exist_ok=True)
     model_path = os.path.join(run_dir, "model.pt")
     columns = ["global_step", "wall_time", "sps", "episodic_return", "episode_length",
                "policy_loss", "value_loss", "entropy", "explained_variance"]  # fmt: skip
-    metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
-    episodes_file = open(os.path.join(run_dir, "episodes.csv"), "w", newline="")
+    try:  # a run directory that cannot be created or written is bad input, found before training starts
+        os.makedirs(run_dir, exist_ok=True)
+        metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
+        episodes_file = open(os.path.join(run_dir, "episodes.csv"), "w", newline="")
+    except OSError as e:
+        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror or e}") from None
     metrics, episodes = csv.writer(metrics_file), csv.writer(episodes_file)
     metrics.writerow(columns)
     episodes.writerow(["global_step", "wall_time", "return", "length"])
@@ -425,6 +452,7 @@ def train(args: Args) -> dict[str, float]:
         episodes.writerow([global_step + steps_so_far, f"{time.time() - start:.3f}", episode_return, length])
         recent.append(episode_return)
 
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)  # restored when train() returns
     try:
         while global_step < args.total_timesteps:
             t0 = time.time()
@@ -433,8 +461,13 @@ def train(args: Args) -> dict[str, float]:
                 global_step += len(batch["rewards"])
                 stats = update(policy, value_net, optimizer, value_optimizer, batch, args)
             except FloatingPointError as e:  # keep the last checkpoint, which was saved with finite weights
+                if isinstance(e, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
+                    what, steps_so_far = e.args
+                    cause = f"the environment returned a non-finite {what} at global step {global_step + steps_so_far}"
+                else:
+                    cause = f"non-finite {e} at global step {global_step}"
                 kept = f"the last good checkpoint is {model_path}" if saved else "no checkpoint was saved before it"
-                print(f"stopped: non-finite {e} at global step {global_step}; {kept}", file=sys.stderr)
+                print(f"stopped: {cause}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
             episodes_file.flush()
             batch_returns = recent[-args.episodes_per_batch :]
@@ -457,11 +490,12 @@ def train(args: Args) -> dict[str, float]:
                     f"pi_loss {stats['policy_loss']:9.3f} | v_loss {stats['value_loss']:8.3f} | "
                     f"entropy {stats['entropy']:6.3f} | expl_var {stats['explained_variance']:6.3f}"
                 )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Terminated
         save_checkpoint(model_path, policy, value_net, args, spaces, global_step)
         print(f"\ninterrupted at global step {global_step}; checkpoint and metrics saved in {run_dir}", file=sys.stderr)
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         metrics_file.close()
         episodes_file.close()
         for env in envs:
@@ -544,8 +578,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"reinforce.py: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

@@ -5,66 +5,41 @@ for several seeds, and the mean completion length of correct and incorrect compl
 
 Each seed runs `python grpo.py --seed S --total-updates N --run-dir <tmp>` to its end, one after another.
 Seconds are measured from launching the process (Python start-up and imports included) to the moment a
-row of metrics.csv appears (polled every 20 ms). "To 95%" is the first update whose greedy accuracy on
-the 200 held-out prompts reaches the threshold. Lengths count tokens up to and including EOS (at most
---max-completion-len, 8 by default), averaged over the sampled completions of each window of updates.
+row of metrics.csv is written (common.py's launch_offset finds when grpo.py's wall_time started). "To 95%"
+is the first update whose greedy accuracy on the 200 held-out prompts reaches the threshold. Lengths count
+tokens up to and including EOS (at most --max-completion-len, 8 by default), averaged over the sampled
+completions of each window of updates.
 Extra arguments after `--` go to grpo.py unchanged. Prints markdown tables, the machine's load average
 before and after (other jobs make wall-clock times noisy), and the command line that produced them.
 """
 
 import argparse
-import csv
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def read_rows(path: str) -> list[dict[str, str]]:
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("loss")]  # a row being written has no last column yet
+from common import ROOT, fmt, launch_offset, load_average, read_rows, run_command
 
 
 def run_seed(seed: int, updates: int, extra: list[str], run_dir: str) -> tuple[list[dict[str, str]], list[float]]:
-    """Run one seed to its end; return its metrics rows and, for each row, seconds from launch to its appearance."""
+    """Run one seed to its end; return its metrics rows and, for each row, seconds from launch to its writing."""
     cmd = [sys.executable, os.path.join(ROOT, "grpo.py"), "--seed", str(seed), "--total-updates", str(updates),
            "--run-dir", run_dir, *extra]  # fmt: skip
+    os.makedirs(run_dir, exist_ok=True)
+    launch = run_command(cmd, os.path.join(run_dir, "log.txt"), timeout=3600)
+    if launch.returncode != 0:
+        with open(os.path.join(run_dir, "log.txt")) as f:
+            sys.exit(f"{' '.join(cmd)} failed with exit status {launch.returncode}: {f.read().strip()[-2000:]}")
     path = os.path.join(run_dir, "metrics.csv")
-    start = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen: list[float] = []
-    while proc.poll() is None:
-        time.sleep(0.02)
-        n = len(read_rows(path))
-        seen.extend([time.time() - start] * (n - len(seen)))
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed with exit status {proc.returncode}: {proc.stderr.read().strip()}")
-    rows = read_rows(path)
-    seen.extend([time.time() - start] * (len(rows) - len(seen)))
-    return rows, seen
-
-
-def fmt(x: float, digits: int = 2) -> str:
-    return "-" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+    rows, offset = read_rows(path), launch_offset(path, launch.launch_time)
+    return rows, [offset + float(r["wall_time"]) for r in rows]
 
 
 def nanmean(values) -> float:
     values = [v for v in values if not math.isnan(v)]
     return statistics.mean(values) if values else float("nan")
-
-
-def load_average() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:
@@ -121,7 +96,7 @@ def main() -> None:
         reward = nanmean(float(r["mean_reward"]) for r in window)
         right = nanmean(float(r["length_correct"]) for r in window)
         wrong = nanmean(float(r["length_incorrect"]) for r in window)
-        print(f"| {lo + 1}-{min(lo + args.window, n)} | {reward:.3f} | {fmt(right)} | {fmt(wrong)} |")
+        print(f"| {lo + 1}-{min(lo + args.window, n)} | {reward:.3f} | {fmt(right, 2)} | {fmt(wrong, 2)} |")
 
     command = " ".join(["python", "benchmarks/grpo_benchmark.py", *sys.argv[1:]])
     print(f"\nProduced by `{command}`; load average (1, 5, 15 min) before {load_before}, after {load_after}; "

@@ -2,7 +2,7 @@
 
     python benchmarks/solve.py reinforce.py --env-id CartPole-v1 --threshold 475 --seeds 1 2 3 4 5
 
-"Solved" is CONVENTIONS.md's definition: the first finished training episode at which the mean return
+"Solved" is the README's definition (section Benchmarks): the first finished training episode at which the mean return
 of the last 20 training episodes reaches the threshold, read from the run's episodes.csv. Steps are
 that episode's global_step. Seconds are measured from launching the process (Python start-up and
 imports included) to the moment that episode's row appears in episodes.csv (polled every 20 ms), so
@@ -12,7 +12,6 @@ to the script unchanged. Prints a markdown table and the command line that produ
 """
 
 import argparse
-import csv
 import os
 import statistics
 import subprocess
@@ -20,21 +19,15 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, read_episodes, solve_index
 
 
-def first_solve(path: str, threshold: float, window: int = 20):
-    """(global_step, row index) of the first episode where the mean of the last `window` returns reaches
+def first_solve(path: str, threshold: float):
+    """(global_step, episode index) of the first episode where the mean of the last 20 returns reaches
     threshold, or None."""
-    if not os.path.exists(path):
-        return None
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("length")]  # a row being written has no length yet
-    returns = [float(r["return"]) for r in rows]
-    for i in range(window - 1, len(returns)):
-        if sum(returns[i - window + 1 : i + 1]) / window >= threshold:
-            return int(rows[i]["global_step"]), i
-    return None
+    episodes = read_episodes(path)
+    i = solve_index(episodes.returns, threshold) if len(episodes.returns) else None
+    return None if i is None else (int(episodes.steps[i]), i)
 
 
 def run_seed(script: str, env_id: str, seed: int, threshold: float, budget: int, extra: list[str], run_dir: str):

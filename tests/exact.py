@@ -22,10 +22,14 @@ Nothing here samples, so nothing here is flaky. The pieces:
     token_sequences(vocab, eos, T)    every completion a token model can emit (for the GRPO tests)
     TokenTree(vocab, eos, T)          a tabular autoregressive model over those completions: the per-token
                                       log-probabilities of every one, padded to T with a mask, and their
-                                      probabilities (a tiny language model whose J is exact)
+                                      probabilities (a tiny language model whose J is exact); rows_after(start)
+                                      names the rows of theta that decide how a completion goes on
     true_grad(mdp, theta, gamma)      grad J of the softmax table policy, by finite differences (appended)
     trajectory_log_probs(tau, theta)  log pi(a_t|s_t) along one trajectory, a function of theta (appended)
     discounted_visits(mdp, pi, gamma) d_gamma(s) = sum_t gamma^t P(s_t = s), by dynamic programming (appended)
+    every_group(probs, G)             every group of G draws from a categorical distribution (appended)
+    one_group_per_prompt(probs, G)    every batch of one such group for each of B prompts (appended)
+    conditional_advantages(p, G, adv) E[A_i | r_i = 1], E[A_i | r_i = 0] for binary rewards (appended)
 """
 
 from __future__ import annotations
@@ -209,9 +213,9 @@ class TokenTree:
     def __init__(self, vocab_size: int, eos: int, max_len: int):
         self.vocab_size, self.eos, self.max_len = vocab_size, eos, max_len
         self.sequences = token_sequences(vocab_size, eos, max_len)
-        prefixes = sorted({s[:t] for s in self.sequences for t in range(len(s))})
-        self.n_rows = len(prefixes)
-        row = {p: i for i, p in enumerate(prefixes)}
+        self.prefixes = sorted({s[:t] for s in self.sequences for t in range(len(s))})  # one row of theta each
+        self.n_rows = len(self.prefixes)
+        row = {p: i for i, p in enumerate(self.prefixes)}
         pad = [(0, 0)] * max_len  # (row, token) of a padding position; masked out
         index = [[(row[s[:t]], s[t]) for t in range(len(s))] + pad[len(s) :] for s in self.sequences]
         self._rows = torch.tensor([[r for r, _ in seq] for seq in index])
@@ -227,6 +231,10 @@ class TokenTree:
     def probs(self, theta: torch.Tensor) -> torch.Tensor:
         """pi(o) of every sequence: [N], summing to one."""
         return self.logprobs(theta).sum(-1).exp()
+
+    def rows_after(self, start: tuple[int, ...]) -> list[int]:
+        """The rows of theta that act only once a completion has begun with `start`: every prefix that extends it."""
+        return [i for i, p in enumerate(self.prefixes) if p[: len(start)] == start]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,6 +264,13 @@ def every_group(probs: torch.Tensor, G: int):
     """Every ordered group of G independent draws from a distribution over indices 0..len(probs) - 1,
     with its probability: independent_batches for a categorical distribution."""
     return independent_batches([(i, probs[i]) for i in range(len(probs))], G)
+
+
+def one_group_per_prompt(probs: torch.Tensor, G: int):
+    """Every batch of one group of G independent draws for each of B prompts, with its probability, where
+    prompt b draws index k with probability probs[b, k]: yields ((group_1, ..., group_B), P)."""
+    for combo in itertools.product(*(list(every_group(p, G)) for p in probs)):
+        yield tuple(g for g, _ in combo), torch.stack([p for _, p in combo]).prod()
 
 
 def conditional_advantages(p: float, G: int, advantage) -> tuple[float, float]:

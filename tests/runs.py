@@ -21,3 +21,27 @@ def script_command(script: str, *args: str) -> list[str]:
 
 def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(script_command(script, *args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def eval_mean_return(module, path, capsys) -> float:
+    """Run `<script>.py --eval path` in this process (module: the imported script) for 3 episodes; the mean return."""
+    assert module.main(["--eval", str(path), "--eval-episodes", "3"]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line.startswith("eval ") and "mean return" in last_line
+    return float(last_line.split("mean return ")[1].split()[0])
+
+
+def short_grpo_run_learns_and_eval_reloads(script: str, run_dir, updates: int = 40) -> None:
+    """Train <script>.py (grpo or dr_grpo) briefly with a fixed seed: greedy accuracy on the held-out prompts
+    ends at 0.5 or more and 0.3 above where it began; --eval reloads the checkpoint and reports that accuracy."""
+    run = run_script(script, "--total-updates", str(updates), "--seed", "1", "--run-dir", str(run_dir),
+                     "--log-interval", str(updates // 2))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = read_csv(os.path.join(run_dir, "metrics.csv"))
+    assert len(rows) == updates
+    first, last = float(rows[0]["eval_accuracy"]), float(rows[-1]["eval_accuracy"])
+    assert last >= 0.5 and last >= first + 0.3, (first, last)
+
+    evaluated = run_script(script, "--eval", os.path.join(run_dir, "model.pt"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"greedy accuracy {last:.3f}" in evaluated.stdout

@@ -23,7 +23,13 @@ from exact import (
     trajectory_log_probs,
     true_grad,
 )
-from runs import read_csv
+from runs import eval_mean_return, read_csv
+from wiring import (
+    assert_each_hyperparameter_changes_the_update,
+    assert_update_is_hand_built_steps,
+    optimiser_step,
+    rollout_batch,
+)
 
 import actor_critic as ac
 
@@ -296,6 +302,56 @@ def test_update_reports_explained_variance_of_the_critic_it_used_against_the_lam
 
 
 # ----------------------------------------------------------------------------------------------
+# e2. Wiring: update() is one step on the joint loss, with advantages from the critic before the update
+# ----------------------------------------------------------------------------------------------
+WIRING_ARGS = ac.Args(gamma=0.9, gae_lambda=0.8, ent_coef=0.05, vf_coef=0.7, max_grad_norm=0.5, hidden_size=8)
+
+
+def actor_critic_state(network: str):
+    """(policy, critic, Adam) in float64, as train() builds them, Adam warmed up by two updates on other batches."""
+    torch.manual_seed(0)
+    policy = ac.Policy(4, gym.spaces.Discrete(2), 8).to(F64)
+    value_net = ac.ValueNet(4, 8, shared_with=policy if network == "shared" else None).to(F64)
+    params = list({id(p): p for net in (policy, value_net) for p in net.parameters()}.values())
+    state = (policy, value_net, torch.optim.Adam(params, lr=0.01))
+    for seed in (1, 2):
+        ac.update(*state, rollout_batch(seed), WIRING_ARGS)
+    return state, rollout_batch(3)
+
+
+@pytest.mark.parametrize("network", ["separate", "shared"])
+def test_update_is_one_step_on_the_joint_loss_with_the_critic_before_the_update(network):
+    state, batch = actor_critic_state(network)
+    args = WIRING_ARGS
+
+    def by_hand(state):
+        policy, value_net, optimizer = state
+        with torch.no_grad():  # the critic as it is before this update: its values are constants of the loss
+            values, next_values = value_net(batch["obs"]), value_net(batch["next_obs"])
+        advantages = ac.gae(batch["rewards"], values, next_values, batch["terminated"], batch["truncated"],
+                            args.gamma, args.gae_lambda)  # fmt: skip
+        targets = advantages + values
+        log_probs, entropy = policy.log_prob_entropy(batch["obs"].reshape(-1, 4), batch["actions"].reshape(-1))
+        loss = (
+            ac.policy_loss(log_probs, advantages.reshape(-1))
+            + args.vf_coef * ac.value_loss(value_net(batch["obs"].reshape(-1, 4)), targets.reshape(-1))
+            - args.ent_coef * entropy.mean()
+        )
+        optimiser_step(optimizer, loss, args.max_grad_norm)
+
+    assert_update_is_hand_built_steps(state, lambda s: ac.update(*s, batch, args), by_hand)
+
+
+@pytest.mark.parametrize("network", ["separate", "shared"])
+def test_every_hyperparameter_of_the_loss_reaches_update(network):
+    state, batch = actor_critic_state(network)
+    changes = {"gamma": 0.5, "gae_lambda": 0.3, "ent_coef": 0.5, "vf_coef": 0.1, "max_grad_norm": 0.01}
+    assert_each_hyperparameter_changes_the_update(
+        state, lambda s, args: ac.update(*s, batch, args), WIRING_ARGS, changes
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # f. Short runs, the files they write, and --eval
 # ----------------------------------------------------------------------------------------------
 def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
@@ -310,14 +366,7 @@ def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
     assert all(s % ac.Args.num_envs == 0 for s in steps) and steps == sorted(steps)
     rows = read_csv(run / "metrics.csv")
     assert steps[-1] <= int(rows[-1]["global_step"]) and sum(int(e["length"]) for e in episodes) <= steps[-1]
-    assert eval_mean_return(run / "model.pt", capsys) > 100
-
-
-def eval_mean_return(path, capsys):
-    assert ac.main(["--eval", str(path), "--eval-episodes", "3"]) == 0
-    last_line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last_line.startswith("eval ") and "mean return" in last_line
-    return float(last_line.split("mean return ")[1].split()[0])
+    assert eval_mean_return(ac, run / "model.pt", capsys) > 100
 
 
 def test_pendulum_gaussian_path_runs_and_every_episode_is_truncated(tmp_path, capsys):
@@ -328,4 +377,4 @@ def test_pendulum_gaussian_path_runs_and_every_episode_is_truncated(tmp_path, ca
     assert [int(e["length"]) for e in episodes] == [200] * 8  # each env's two episodes, both cut by the time limit
     assert [int(e["global_step"]) for e in episodes] == [800] * 4 + [1600] * 4
     assert len(read_csv(run / "metrics.csv")) == 1600 // 64 and (run / "model.pt").exists()
-    eval_mean_return(run / "model.pt", capsys)
+    eval_mean_return(ac, run / "model.pt", capsys)

@@ -1,19 +1,27 @@
-"""The command-line contract of every script (CONVENTIONS.md sections 2 and 3), checked the same way for each.
+"""The command-line contract of every script (the README's "The command line" section), checked the same way for each.
 
-Bad input gets one line on stderr, exit status 2, no traceback and no files; a corrupt or foreign
-checkpoint is refused the same way; Ctrl-C saves the checkpoint and metrics and exits with 130; a
-non-finite loss stops the run with exit status 1 and keeps the last good checkpoint; the same seed gives
-the same metrics.csv apart from wall-clock columns.
+Bad input gets one line on stderr, exit status 2, no traceback and no files; so does a run directory that
+cannot be created or written, before training starts; a corrupt or foreign checkpoint is refused the same
+way; Ctrl-C saves the checkpoint and metrics and exits with 130, SIGTERM the same with 143; a non-finite
+loss stops the run with exit status 1 and keeps the last good checkpoint, and so does a non-finite
+observation or reward, named as the environment's; the same seed gives the same metrics.csv apart from
+wall-clock columns; every command in the README's code blocks runs.
 """
 
 import importlib
+import os
+import re
+import shlex
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
-from runs import read_csv, run_script, script_command
+from runs import ROOT, read_csv, run_script, script_command
 
 COMMON_BAD_INPUT = [
     (["--learning-rate", "-0.1"], "--learning-rate"),
@@ -30,6 +38,22 @@ GYMNASIUM_SCRIPT = {  # what the scripts that train on Gymnasium environments sh
     "loss": "policy_loss",
     "step": "global_step",
     "clock": {"wall_time", "sps"},
+    # the global step at which the test environment turns NaN: after the first update, and the end of a
+    # vector step for 1, 2, 3, 4, 5, 6, 8, 10, 12 or 16 envs, so that a script's global step can name it exactly
+    "nan_at_step": 240,
+}
+GRPO_BAD_INPUT = [
+    (["--task", "poetry"], "--task"),
+    (["--group-size", "1"], "--group-size"),
+    (["--beta", "-0.1"], "--beta"),
+    (["--kl-estimator", "k1"], "--kl-estimator"),
+]
+GRPO_SCRIPT = {  # what grpo.py and dr_grpo.py share
+    "short": ["--total-updates", "3", "--prompts-per-update", "4", "--group-size", "3", "--num-iterations", "1"],
+    "long": ["--total-updates", "100000000"],
+    "loss": "grpo_loss",
+    "step": "update",
+    "clock": {"wall_time", "tokens_per_second"},
 }
 SCRIPTS = {
     "reinforce": {
@@ -54,8 +78,7 @@ SCRIPTS = {
     },
     "ppo": {
         **GYMNASIUM_SCRIPT,
-        # one epoch of one minibatch: one policy_loss per update, which the non-finite loss test counts
-        "short": "--total-timesteps 3000 --num-steps 16 --update-epochs 1 --num-minibatches 1 --norm-obs".split(),
+        "short": "--total-timesteps 3000 --num-steps 16 --update-epochs 2 --num-minibatches 2 --norm-obs".split(),
         "bad": [
             *GYMNASIUM_BAD_INPUT,
             (["--num-minibatches", "5"], "--num-minibatches"),
@@ -65,34 +88,57 @@ SCRIPTS = {
             (["--norm-adv", "yes"], "yes"),
         ],
     },
-    "grpo": {
-        "short": ["--total-updates", "3", "--prompts-per-update", "4", "--group-size", "3", "--num-iterations", "1"],
-        "long": ["--total-updates", "100000000"],
-        "loss": "grpo_loss",
-        "step": "update",
-        "clock": {"wall_time", "tokens_per_second"},
+    "trpo": {
+        **GYMNASIUM_SCRIPT,
+        "short": ["--total-timesteps", "1024", "--num-steps", "32"],
+        "loss": "surrogate",
         "bad": [
-            (["--task", "poetry"], "--task"),
-            (["--group-size", "1"], "--group-size"),
-            (["--beta", "-0.1"], "--beta"),
-            (["--kl-estimator", "k1"], "--kl-estimator"),
+            *GYMNASIUM_BAD_INPUT,
+            (["--delta", "0"], "--delta"),
+            (["--damping", "-0.1"], "--damping"),
+            (["--cg-iters", "0"], "--cg-iters"),
+            (["--backtrack-coef", "1.0"], "--backtrack-coef"),
+            (["--num-minibatches", "3"], "--num-minibatches"),
         ],
     },
+    "grpo": {**GRPO_SCRIPT, "bad": [*GRPO_BAD_INPUT, (["--adv-eps", "0"], "--adv-eps")]},
+    "dr_grpo": {**GRPO_SCRIPT, "bad": [*GRPO_BAD_INPUT, (["--max-completion-len", "0"], "--max-completion-len")]},
 }
 BAD_INPUT = [(s, argv, needle) for s, spec in SCRIPTS.items() for argv, needle in spec["bad"] + COMMON_BAD_INPUT]
+GYMNASIUM = [s for s, spec in SCRIPTS.items() if "nan_at_step" in spec]
+
+
+def exit_status(script: str, argv: list[str]) -> int:
+    """Run <script>.main(argv) in this process and return its exit status, as the command line would see it."""
+    try:
+        return importlib.import_module(script).main(argv)
+    except SystemExit as e:  # argparse's own errors (and --help) exit from inside the parser
+        return e.code
 
 
 @pytest.mark.parametrize("script,argv,needle", BAD_INPUT)
 def test_bad_input_gets_one_line_exit_2_and_no_files(script, argv, needle, tmp_path, capsys):
-    module = importlib.import_module(script)
-    try:
-        code = module.main([*argv, "--run-dir", str(tmp_path / "run")])
-    except SystemExit as e:  # argparse's own errors exit from inside the parser
-        code = e.code
+    code = exit_status(script, [*argv, "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert err.startswith(f"{script}.py: error: ")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["under a regular file", "in /proc"])
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unusable_run_dir_is_bad_input_before_training(script, where, tmp_path, capsys):
+    """A run directory that cannot be created: one line, exit status 2, no files, and not a line of progress."""
+    (tmp_path / "a-file").write_text("")
+    run_dir = tmp_path / "a-file" / "run" if where == "under a regular file" else Path("/proc/no-such-run-dir")
+    if where == "in /proc" and not os.path.isdir("/proc"):
+        pytest.skip("no /proc on this system")
+    code = exit_status(script, [*SCRIPTS[script]["short"], "--run-dir", str(run_dir)])
+    out, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"{script}.py: error: --run-dir {run_dir} cannot be created or written")
+    assert out == ""  # training never started: not even the line that names the run
+    assert list(tmp_path.iterdir()) == [tmp_path / "a-file"] and not run_dir.exists()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -113,53 +159,177 @@ def test_corrupt_and_foreign_checkpoints_are_refused(script, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_ctrl_c_saves_checkpoint_and_metrics(script, tmp_path):
-    """No periodic checkpoint within the run (--log-interval too large), so model.pt can only come from Ctrl-C."""
-    run = tmp_path / "run"
-    argv = [*SCRIPTS[script]["long"], "--log-interval", "1000000", "--run-dir", str(run)]
-    proc = subprocess.Popen(script_command(script, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 90
-    while not (run / "metrics.csv").exists() or len(read_csv(run / "metrics.csv")) < 2:
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err and str(run) in err and "Traceback" not in err
-    state = importlib.import_module(script).load_checkpoint(str(run / "model.pt"))
-    assert state[SCRIPTS[script]["step"]] >= int(read_csv(run / "metrics.csv")[-1]["global_step"])
+def test_ctrl_c_and_sigterm_save_checkpoint_and_metrics(script, tmp_path):
+    """Ctrl-C (SIGINT) exits with 130 and SIGTERM with 143, both after saving: a process for each, side by side.
+    No periodic checkpoint within the run (--log-interval too large), so model.pt can only come from the signal."""
+    exits = {signal.SIGINT: 130, signal.SIGTERM: 143}
+    runs = {sig: tmp_path / sig.name for sig in exits}
+    procs = {
+        sig: subprocess.Popen(
+            script_command(script, *SCRIPTS[script]["long"], "--log-interval", "1000000", "--run-dir", str(run)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for sig, run in runs.items()
+    }
+    try:
+        deadline = time.time() + 90
+        for sig, proc in procs.items():
+            while not (runs[sig] / "metrics.csv").exists() or len(read_csv(runs[sig] / "metrics.csv")) < 2:
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.05)
+            proc.send_signal(sig)
+        for sig, proc in procs.items():
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == exits[sig] and "interrupted" in err and str(runs[sig]) in err, (sig, err)
+            assert "Traceback" not in err
+            state = importlib.import_module(script).load_checkpoint(str(runs[sig] / "model.pt"))
+            assert state[SCRIPTS[script]["step"]] >= int(read_csv(runs[sig] / "metrics.csv")[-1]["global_step"])
+    finally:
+        for proc in procs.values():
+            proc.kill()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(script, tmp_path, monkeypatch, capsys):
     module = importlib.import_module(script)
-    real_loss = getattr(module, SCRIPTS[script]["loss"])
-    calls = []
+    real_loss, real_update = getattr(module, SCRIPTS[script]["loss"]), module.update
+    updates = []  # counted, not the loss's calls: TRPO's line search and PPO's epochs call it several times
+
+    def update_counted(*args, **kwargs):
+        stats = real_update(*args, **kwargs)
+        updates.append(1)
+        return stats
 
     def loss_that_breaks(*args, **kwargs):  # the real loss for 4 updates, then NaN
-        calls.append(1)
-        return real_loss(*args, **kwargs) * (float("nan") if len(calls) > 4 else 1.0)
+        return real_loss(*args, **kwargs) * (float("nan") if len(updates) >= 4 else 1.0)
 
+    monkeypatch.setattr(module, "update", update_counted)
     monkeypatch.setattr(module, SCRIPTS[script]["loss"], loss_that_breaks)
     run = tmp_path / "run"
     argv = [*SCRIPTS[script]["short"], "--log-interval", "2", "--run-dir", str(run)]
     argv[1] = str(max(int(argv[1]), 8))  # a budget of at least 8 updates: 4 good ones, then the NaN
+    rows = stopped_keeping_the_last_good_checkpoint(script, argv, run, capsys, "non-finite ")
+    assert len(rows) == 4  # every finished update is in metrics.csv, and the checkpoint is from update 4
+
+
+def stopped_keeping_the_last_good_checkpoint(script: str, argv: list[str], run: Path, capsys, says: str) -> list:
+    """Run main(argv), which must stop with exit status 1 saying `says` and naming the checkpoint it kept: the
+    one of the last row of metrics.csv, with finite weights. Returns the rows of metrics.csv."""
+    module = importlib.import_module(script)
     with pytest.raises(SystemExit) as stop:
         module.main(argv)
     err = capsys.readouterr().err
-    assert stop.value.code == 1 and "non-finite" in err and str(run / "model.pt") in err
+    assert stop.value.code == 1 and says in err and str(run / "model.pt") in err, err
     rows = read_csv(run / "metrics.csv")
-    assert len(rows) == 4  # every finished update is in metrics.csv, and the checkpoint is from update 4
     state = module.load_checkpoint(str(run / "model.pt"))
     assert state[SCRIPTS[script]["step"]] == int(rows[-1]["global_step"])
     assert all(torch.isfinite(v).all() for v in state["policy"].values())
+    return rows
+
+
+class TurnsNonFinite(gym.Env):
+    """Episodes of 7 steps, observation (t/7, t/7), reward 1, until the steps taken by every instance together
+    reach `at`: from that step on, `what` ("observation" or "reward") is NaN."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+    steps_taken, at = 0, 0  # over all instances: a script's global step counts the steps of all its envs
+
+    def __init__(self, what: str):
+        self.what, self.t = what, 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        TurnsNonFinite.steps_taken += 1
+        self.t += 1
+        broken = TurnsNonFinite.steps_taken >= TurnsNonFinite.at
+        obs = np.full(2, np.nan if broken and self.what == "observation" else self.t / 7, np.float32)
+        reward = np.nan if broken and self.what == "reward" else 1.0
+        return obs, reward, self.t == 7, False, {}
+
+
+@pytest.mark.parametrize("what", ["observation", "reward"])
+@pytest.mark.parametrize("script", GYMNASIUM)
+def test_non_finite_environment_is_named_and_the_last_good_checkpoint_kept(script, what, tmp_path, monkeypatch, capsys):
+    at = SCRIPTS[script]["nan_at_step"]
+    env_id = f"TurnsNonFinite{what.title()}-v0"
+    spec = gym.envs.registration.EnvSpec(env_id, entry_point=TurnsNonFinite, kwargs={"what": what})
+    monkeypatch.setitem(gym.registry, env_id, spec)  # registered for this test only
+    monkeypatch.setattr(TurnsNonFinite, "steps_taken", 0)
+    monkeypatch.setattr(TurnsNonFinite, "at", at)
+    run = tmp_path / "run"
+    argv = [*SCRIPTS[script]["short"], "--env-id", env_id, "--log-interval", "1", "--run-dir", str(run)]
+    says = f"the environment returned a non-finite {what} at global step {at};"
+    rows = stopped_keeping_the_last_good_checkpoint(script, argv, run, capsys, says)
+    assert 0 < int(rows[-1]["global_step"]) < at
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_same_seed_same_metrics(script, tmp_path):
+    """Also: training in this process leaves the SIGTERM handler as it found it."""
     module = importlib.import_module(script)
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
     tables = []
     for name in ("a", "b"):
         assert module.main([*SCRIPTS[script]["short"], "--seed", "7", "--run-dir", str(tmp_path / name)]) == 0
         rows = read_csv(tmp_path / name / "metrics.csv")
         tables.append([{k: v for k, v in row.items() if k not in SCRIPTS[script]["clock"]} for row in rows])
     assert len(tables[0]) >= 2 and tables[0] == tables[1]
+    assert signal.getsignal(signal.SIGTERM) is sigterm_handler
+
+
+def readme_commands() -> list[str]:
+    """Every `python <script>.py ...` line in README.md's fenced code blocks, for the scripts at the top level,
+    without its `# comment`.
+
+    `python benchmarks/...` commands are left out on purpose: they launch a script many times with full budgets
+    (minutes per command, by design), pass the script's own flags through after `--`, and may need
+    benchmarks/requirements.txt; a budget small enough for a unit test would change what they measure.
+    """
+    text = Path(ROOT, "README.md").read_text()
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    lines = [line.split(" #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if re.match(r"python \w+\.py\b", line)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_of(tmp_path_factory):
+    """checkpoint_of(script): the model.pt of a short run of it, trained once for every test of this module."""
+    made = {}
+
+    def make(script: str) -> str:
+        if script not in made:
+            run = tmp_path_factory.mktemp(f"{script}-checkpoint")
+            assert importlib.import_module(script).main([*SCRIPTS[script]["short"], "--run-dir", str(run)]) == 0
+            made[script] = str(run / "model.pt")
+        return made[script]
+
+    return make
+
+
+def test_the_readme_has_a_command_for_every_script():
+    """Keeps the search below honest: a README code block without a command of some script would be a gap."""
+    assert {re.match(r"python (\w+)\.py", c)[1] for c in readme_commands()} >= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_runs(command, checkpoint_of, tmp_path, capsys):
+    """The command as written, in this process through main(); a training command gets a
+    small budget and a run directory in tmp appended (the last value of a flag wins), and a placeholder path
+    of a checkpoint, `runs/<...>/model.pt`, becomes one this test trained. A flag renamed or removed fails."""
+    script = re.match(r"python (\w+)\.py", command)[1]
+    assert script in SCRIPTS, f"the README runs {script}.py, which SCRIPTS in this file does not know yet"
+    placeholders = re.findall(r"\S*<[^>]*>\S*", command)
+    assert all(p.endswith("model.pt") for p in placeholders), f"a placeholder this test cannot fill: {placeholders}"
+    for p in placeholders:
+        command = command.replace(p, checkpoint_of(script))
+    argv = shlex.split(command)[2:]
+    if "--eval" not in argv:
+        argv += [*SCRIPTS[script]["short"], "--run-dir", str(tmp_path / "run")]
+    assert exit_status(script, argv) == 0, capsys.readouterr().err

@@ -4,6 +4,8 @@ The GRPO gradient is biased by design. These tests state what it does equal, pro
 measure how far it is from the true grad J (computed by finite differences of the enumerated J).
 """
 
+import copy
+import itertools
 import math
 
 import pytest
@@ -18,8 +20,10 @@ from exact import (
     every_group,
     expected_grad,
     fd_grad,
+    one_group_per_prompt,
 )
-from runs import read_csv, run_script
+from runs import short_grpo_run_learns_and_eval_reloads
+from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
 
 import grpo
 
@@ -72,7 +76,7 @@ def test_std_normalisation_weights_prompts_by_success_rate():
 
     E[grad L] = -1/B sum_q w(p_q) grad p_q, w(p) = a_right(p) - a_wrong(p), while grad J = 1/B sum_q grad p_q:
     the std division scales each prompt's share by a function of its success rate, so E[grad L] is not
-    parallel to grad J. (w is flat only for G = 3: with binary rewards, the two stds a group can have agree.)"""
+    parallel to grad J. (For G = 2 and G = 3 w is flat, 0.7070 and 1.1544 for every p: see the next test.)"""
     G, B = 6, 2
     problem = bandit([1.0, 0.0])
     theta = torch.tensor([[-1.1, 1.1], [0.3, 0.3]], dtype=F64, requires_grad=True)
@@ -83,12 +87,6 @@ def test_std_normalisation_weights_prompts_by_success_rate():
 
     pi = torch.softmax(theta, -1)
     logp = pi.log()
-    per_prompt = [list(every_group(pi[q].detach(), G)) for q in range(B)]
-
-    def batches():  # one group for each prompt, independently
-        for g0, p0 in per_prompt[0]:
-            for g1, p1 in per_prompt[1]:
-                yield (g0, g1), p0 * p1
 
     def loss(batch):
         arms = torch.tensor(batch)  # [B, G]
@@ -96,7 +94,7 @@ def test_std_normalisation_weights_prompts_by_success_rate():
         logp_b = logp.gather(1, arms).unsqueeze(-1)  # [B, G, 1]
         return loss_at_old_policy(logp_b, rewards, torch.ones_like(logp_b))
 
-    grad_L = expected_grad(theta, batches(), loss)
+    grad_L = expected_grad(theta, one_group_per_prompt(pi.detach(), G), loss)
 
     success = pi[:, 0].detach()
     weights = [conditional_advantages(float(success[q]), G, grpo_advantage) for q in range(B)]
@@ -110,12 +108,36 @@ def test_std_normalisation_weights_prompts_by_success_rate():
     assert cosine(-grad_L, grad_J) < 1 - 1e-4
 
 
+def test_std_weight_is_flat_only_for_groups_of_2_and_3():
+    """w(p) = a_right(p) - a_wrong(p) for binary rewards, exactly. G = 2: a mixed group is always {1, 0}, whose
+    advantages are +-0.5 / (sqrt(1/2) + eps), so w = 0.7070 for every p. G = 3: the two mixed groups, one right
+    or two right, have the same std sqrt(1/3), so w = (2/3) / (sqrt(1/3) + eps) = 1.1544. From G = 4 on, w
+    depends on p."""
+    ps = [0.05, 0.2, 0.5, 0.8, 0.95]
+
+    def w(p, G):  # E[A_1 | r_1 = 1] - E[A_1 | r_1 = 0] by grpo.group_advantages, over the other G - 1 rewards
+        others = torch.tensor(list(itertools.product([0.0, 1.0], repeat=G - 1)), dtype=F64)
+        prob = (p**others * (1 - p) ** (1 - others)).prod(-1)
+        A = [grpo.group_advantages(torch.cat([torch.full((len(others), 1), r, dtype=F64), others], 1), EPS)[:, 0]
+             for r in (1.0, 0.0)]  # fmt: skip
+        return float((prob * (A[0] - A[1])).sum())
+
+    for G, flat in ((2, 0.5 / (math.sqrt(1 / 2) + EPS)), (3, (2 / 3) / (math.sqrt(1 / 3) + EPS))):
+        assert all(w(p, G) == pytest.approx(flat, rel=1e-12) for p in ps), (G, [w(p, G) for p in ps])
+    for G in (4, 6, 8):
+        values = [w(p, G) for p in ps]
+        assert max(values) - min(values) > 0.05 * max(values), (G, values)
+
+
 def test_length_normalisation_biases_towards_long_wrong_answers():
     """A token model over {EOS, right, wrong} with completions of up to 3 tokens, whose length depends on
     whether the first token is right. Every group of G is enumerated.
 
     E[grad L] = -sum_o pi(o) a(r(o)) / |o| grad log pi(o): 1/|o| is inside the expectation, so the
-    gradient is not parallel to grad J. With a constant normaliser (Dr. GRPO) in place of |o| it would be."""
+    gradient is not parallel to grad J. With a constant normaliser (Dr. GRPO) in place of |o| it would be.
+    The tilt has the direction the name says: per unit step, the expected GRPO step makes wrong answers
+    longer (here: shortens them less) and right answers shorter than a step along grad J does, because a wrong
+    answer's push down and a right answer's push up are both divided by its length."""
     G, eos, right = 3, 0, 1
     tree = TokenTree(vocab_size=3, eos=eos, max_len=3)
     theta = torch.randn(tree.n_rows, 3, generator=torch.Generator().manual_seed(3), dtype=F64) * 1.5
@@ -133,6 +155,16 @@ def test_length_normalisation_biases_towards_long_wrong_answers():
         return loss_at_old_policy(logp_all[idx][None], rewards_all[idx][None], tree.mask[idx][None])
 
     grad_L = expected_grad(theta, every_group(probs, G), loss)
+    grad_J = fd_grad(J, theta)
+
+    def mean_length(t, correct):  # E[|o| | r(o) = correct]
+        w = tree.probs(t) * (rewards_all == correct)
+        return (w * tree.lengths).sum() / w.sum()
+
+    for correct, sign in ((0.0, 1), (1.0, -1)):  # wrong answers drift longer, right ones shorter
+        slope = fd_grad(lambda t, c=correct: mean_length(t, c), theta)
+        along_grpo, along_J = (float((slope * d).sum() / d.norm()) for d in (-grad_L, grad_J))
+        assert sign * (along_grpo - along_J) > 0.01, (correct, along_grpo, along_J)
 
     p = float((probs * rewards_all).sum())
     a_right, a_wrong = conditional_advantages(p, G, grpo_advantage)
@@ -141,7 +173,6 @@ def test_length_normalisation_biases_towards_long_wrong_answers():
     derived = torch.autograd.grad((probs * a / tree.lengths * seq_logp).sum(), theta)[0]
     assert_close(-grad_L, derived)
 
-    grad_J = fd_grad(J, theta)
     lengths_right = (probs * rewards_all * tree.lengths).sum() / p
     lengths_wrong = (probs * (1 - rewards_all) * tree.lengths).sum() / (1 - p)
     assert abs(lengths_right - lengths_wrong) > 0.2, "the premise: length depends on correctness"
@@ -245,13 +276,273 @@ def test_sampled_logprobs_match_a_forward_pass():
 # f. End to end, and the command line
 # ----------------------------------------------------------------------------------------------
 def test_short_run_learns_and_eval_reloads(tmp_path):
-    run = run_script("grpo", "--total-updates", "40", "--seed", "1", "--run-dir", str(tmp_path), "--log-interval", "20")
-    assert run.returncode == 0, run.stderr
-    rows = read_csv(tmp_path / "metrics.csv")
-    assert len(rows) == 40
-    first, last = float(rows[0]["eval_accuracy"]), float(rows[-1]["eval_accuracy"])
-    assert last >= 0.5 and last >= first + 0.3, (first, last)
+    short_grpo_run_learns_and_eval_reloads("grpo", tmp_path)
 
-    evaluated = run_script("grpo", "--eval", str(tmp_path / "model.pt"))
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert f"greedy accuracy {last:.3f}" in evaluated.stdout
+
+# ----------------------------------------------------------------------------------------------
+# g. Copy-safe pure functions: graphs, padding, integer rewards, the clip at its edges
+# ----------------------------------------------------------------------------------------------
+def padded_inputs(seed: int = 0):
+    """theta [B, G, T] and, for 2 prompts x 3 completions of up to 4 tokens, log-probabilities that are functions
+    of theta, a second set for pi_old and pi_ref, advantages, and a mask with ends at 1 to 4 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(2, 3, 4, generator=g, dtype=F64, requires_grad=True)
+    logp = torch.nn.functional.logsigmoid(theta)  # a log-probability per token, a function of theta
+    old_logp = logp.detach() + 0.1 * torch.randn(2, 3, 4, generator=g, dtype=F64)
+    ref_logp = logp.detach() + 0.3 * torch.randn(2, 3, 4, generator=g, dtype=F64)
+    advantages = torch.randn(2, 3, generator=g, dtype=F64)
+    lengths = torch.tensor([[1, 4, 2], [3, 4, 1]])
+    mask = (torch.arange(4) < lengths[..., None]).to(F64)
+    return theta, logp, old_logp, ref_logp, advantages, mask
+
+
+def test_loss_detaches_its_constants_when_they_arrive_with_graphs():
+    """A caller's old_logp, ref_logp, advantages and rewards may carry graphs back to theta (recomputed with grad,
+    or from a learned reward): the loss's gradient must be the one with them held constant."""
+    theta, logp, old_logp, ref_logp, advantages, mask = padded_inputs()
+    shift = theta - theta.detach()  # zero in value, but with a graph back to theta
+    attached = [old_logp + 0.7 * shift, ref_logp - 0.4 * shift, advantages + shift.sum(-1)]
+    for estimator in ("k3", "k2"):
+        loss = grpo.grpo_loss(logp, old_logp, ref_logp, advantages, mask, 0.2, 0.3, estimator)
+        loss_attached = grpo.grpo_loss(logp, *attached, mask, 0.2, 0.3, estimator)
+        grad = torch.autograd.grad(loss, theta, retain_graph=True)[0]
+        grad_attached = torch.autograd.grad(loss_attached, theta, retain_graph=True)[0]
+        assert loss_attached.item() == loss.item()
+        assert_close(grad_attached, grad, rtol=1e-12)
+    rewards = torch.tensor([[1.0, 0.0, 2.0]], dtype=F64) + theta[:1, 0, :3].sum() * 0
+    assert not grpo.group_advantages(rewards).requires_grad
+
+
+@pytest.mark.parametrize("padding", ["-inf", "-1e4", "depends on theta"])
+def test_padding_changes_neither_loss_nor_gradient(padding):
+    """What a padded position holds (a -inf or -1e4 log-probability, or one that depends on theta) leaves the
+    loss and its gradient exactly as with zeros there, and finite."""
+    theta, logp, old_logp, ref_logp, advantages, mask = padded_inputs()
+    pad = mask == 0
+    zeros = [torch.where(pad, 0.0, x) for x in (logp, old_logp, ref_logp)]
+    if padding == "depends on theta":
+        filled = [torch.where(pad, 5 * theta, x) for x in (logp, old_logp, ref_logp)]
+    else:
+        filled = [torch.where(pad, float(padding) + 0 * theta, x) for x in (logp, old_logp, ref_logp)]  # with a graph
+    for estimator in ("k3", "k2"):
+        reference = grpo.grpo_loss(*zeros, advantages, mask, 0.2, 0.3, estimator)
+        loss = grpo.grpo_loss(*filled, advantages, mask, 0.2, 0.3, estimator)
+        grad_reference = torch.autograd.grad(reference, theta, retain_graph=True)[0]
+        grad = torch.autograd.grad(loss, theta, retain_graph=True)[0]
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+        assert loss.item() == pytest.approx(reference.item(), rel=1e-12)
+        assert_close(grad, grad_reference, rtol=1e-12)
+    # aggregate() alone: masked per-token values, even -inf or NaN, are not summed
+    per_token = torch.where(pad, float("nan") if padding == "-inf" else 5 * theta, logp)
+    assert_close(grpo.aggregate(per_token, mask), grpo.aggregate(zeros[0], mask.bool()), rtol=1e-12)
+
+
+def test_group_advantages_refuses_what_it_cannot_handle_and_accepts_integer_rewards():
+    for bad in (torch.ones(6), torch.ones(2, 3, 4), torch.ones(4, 1)):
+        with pytest.raises(ValueError, match=r"\[B, G\] with G >= 2"):
+            grpo.group_advantages(bad)
+    as_float = grpo.group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [3.0, 1.0, 2.0, 2.0]]))
+    assert torch.equal(grpo.group_advantages(torch.tensor([[1, 0, 0, 1], [3, 1, 2, 2]])), as_float)
+    assert torch.equal(grpo.group_advantages(torch.tensor([[True, False, False, True]])), as_float[:1])
+    # a flat [B*G] layout, the G completions of a prompt adjacent: view(-1, G) in, view(-1) out
+    flat = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 1.0, 2.0, 2.0])
+    assert torch.equal(grpo.group_advantages(flat.view(-1, 4)).view(-1), as_float.view(-1))
+
+
+@pytest.mark.parametrize("clip_eps", [0.1, 0.3])
+def test_clip_acts_exactly_at_its_bounds(clip_eps):
+    """Ratios just inside and just outside 1 - eps and 1 + eps (delta = 0.02), with A > 0 and A < 0: the
+    surrogate's gradient is 0 exactly where the ratio left the range in the direction A pushes, rho * A
+    elsewhere, and clip_fraction() counts exactly the zeroed tokens."""
+    d = 0.02
+    ratios = torch.tensor([1 - clip_eps - d, 1 - clip_eps + d, 1 + clip_eps - d, 1 + clip_eps + d] * 2, dtype=F64)
+    adv = torch.tensor([1.5] * 4 + [-2.0] * 4, dtype=F64)
+    zeroed = torch.tensor([False, False, False, True, True, False, False, False])
+    old_logp = torch.full((1, 8, 1), -0.7, dtype=F64)
+    logp = (old_logp + ratios.log().view(1, 8, 1)).requires_grad_(True)
+    s = grpo.clipped_surrogate(logp, old_logp, adv.view(1, 8), clip_eps).view(8)
+    grad = torch.autograd.grad(s.sum(), logp)[0].view(8)
+    assert (grad[zeroed] == 0).all()
+    assert_close(grad[~zeroed], (ratios * adv)[~zeroed], rtol=1e-12)
+    bounded = ratios.clamp(1 - clip_eps, 1 + clip_eps)
+    assert_close(s, torch.minimum(ratios * adv, bounded * adv), rtol=1e-12)
+    fraction = grpo.clip_fraction(logp, old_logp, adv.view(1, 8), torch.ones(1, 8, 1), clip_eps)
+    assert fraction.item() == zeroed.float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------
+# h. Where the k3 gradient claim holds, and where it does not
+# ----------------------------------------------------------------------------------------------
+def test_k3_gradient_is_forward_kl_only_when_tokens_come_from_pi_theta():
+    """One token over 5 values. At the first of the --num-iterations passes the tokens were drawn from pi_theta
+    and E[grad beta k3] = beta grad KL(pi_ref || pi_theta). From the second pass on they were drawn from
+    pi_old != pi_theta: then E_{pi_old}[grad beta k3] is not that gradient, and E_{pi_old}[rho grad beta k3] is."""
+    beta = 0.04
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(5, generator=gen, dtype=F64, requires_grad=True)
+    ref = torch.softmax(torch.randn(5, generator=gen, dtype=F64), -1)
+    old = torch.softmax(theta.detach() + 0.5 * torch.randn(5, generator=gen, dtype=F64), -1)  # an earlier policy
+    forward = fd_grad(lambda t: beta * kl(ref, torch.softmax(t, -1)), theta)
+
+    def loss(token, weight=1.0):
+        lp = theta.log_softmax(-1)[token].view(1, 1, 1)
+        one = torch.ones(1, 1, 1, dtype=F64)
+        return weight * grpo.grpo_loss(lp, lp.detach(), ref[token].log() * one, torch.zeros(1, 1, dtype=F64), one,
+                                       beta=beta, kl_estimator="k3")  # fmt: skip
+
+    pi = theta.softmax(-1).detach()
+    at_first_pass = expected_grad(theta, [(x, pi[x]) for x in range(5)], loss)
+    later_pass = expected_grad(theta, [(x, old[x]) for x in range(5)], loss)
+    reweighted = expected_grad(theta, [(x, old[x]) for x in range(5)], lambda x: loss(x, pi[x] / old[x]))
+    assert_close(at_first_pass, forward)
+    assert_close(reweighted, forward)
+    assert (later_pass - forward).norm() > 0.1 * forward.norm(), "sampled from pi_old, k3 is not the forward KL"
+
+
+def test_k3_with_length_normalisation_is_not_parallel_to_forward_kl_at_each_prefix():
+    """The token model of the length test, completions of up to 3 tokens, at theta = theta_old and A = 0.
+    With a constant normaliser T, the expected gradient of beta * aggregate(k3) on each prefix's row of theta
+    is exactly P(prefix) / T * beta grad KL(pi_ref(.|prefix) || pi(.|prefix)). With grpo.py's 1/|o_i| it is not
+    parallel to that gradient: |o_i| depends on the tokens after the prefix (EOS now or later)."""
+    beta, eos = 0.04, 0
+    tree = TokenTree(vocab_size=3, eos=eos, max_len=3)
+    gen = torch.Generator().manual_seed(3)
+    theta = (torch.randn(tree.n_rows, 3, generator=gen, dtype=F64) * 1.5).requires_grad_(True)
+    ref_theta = torch.randn(tree.n_rows, 3, generator=gen, dtype=F64)
+    ref_all = tree.logprobs(ref_theta)
+    probs = tree.probs(theta).detach()
+
+    def loss(idx, normaliser):
+        lp, mask = tree.logprobs(theta)[idx].view(1, 1, -1), tree.mask[idx].view(1, 1, -1)
+        L = grpo.grpo_loss(lp, lp.detach(), ref_all[idx].view(1, 1, -1), torch.zeros(1, 1, dtype=F64), mask,
+                           beta=beta, kl_estimator="k3")  # fmt: skip
+        return L if normaliser == "|o|" else L * tree.lengths[idx] / tree.max_len  # sum / T instead of sum / |o|
+
+    samples = [(i, probs[i]) for i in range(len(tree.sequences))]
+    pi, pi_ref = theta.softmax(-1), ref_theta.softmax(-1)
+    reach = torch.zeros(tree.n_rows, dtype=F64)  # P(prefix) of each row
+    for i, p in samples:
+        reach[tree._rows[i, : int(tree.lengths[i])]] += p
+    per_prefix = torch.autograd.grad((reach / tree.max_len * beta * (pi_ref * (pi_ref.log() - pi.log())).sum(-1)).sum(),
+                                     theta)[0]  # fmt: skip
+    assert_close(expected_grad(theta, samples, lambda i: loss(i, "T")), per_prefix)
+    by_length = expected_grad(theta, samples, lambda i: loss(i, "|o|"))
+    cosines = [cosine(by_length[r], per_prefix[r]) for r in range(tree.n_rows) if per_prefix[r].norm() > 0]
+    assert min(cosines) < 0.999, f"1/|o_i| should tilt some prefix's gradient: min cosine {min(cosines):.4f}"
+    assert min(cosines) > 0, "but not turn it around"
+
+
+# ----------------------------------------------------------------------------------------------
+# i. Wiring: update() is the loss of the pure functions; sample() and train() feed it the right tensors
+# ----------------------------------------------------------------------------------------------
+WIRING_ARGS = grpo.Args(max_completion_len=5, d_model=16, n_layers=1, n_heads=2, num_iterations=3,
+                        clip_eps=0.1, beta=0.1, max_grad_norm=0.5, learning_rate=0.02)  # fmt: skip
+
+
+def tiny_policy(seed: int) -> grpo.TinyLM:
+    torch.manual_seed(seed)
+    policy = grpo.make_policy(WIRING_ARGS).to(F64)
+    with torch.no_grad():  # far from uniform, EOS likely enough that completions have several lengths
+        policy.head.bias.copy_(torch.randn(len(grpo.VOCAB), dtype=F64))
+        policy.head.bias[grpo.EOS] += 1.0
+    return policy
+
+
+def wiring_batch(policy, seed: int, B: int = 3, G: int = 4) -> dict[str, torch.Tensor]:
+    """What train() hands update(): a sampled batch, ref_logp from another model, advantages of the rewards."""
+    task = grpo.Task("max", torch.device("cpu"))
+    gen = torch.Generator().manual_seed(seed)
+    prompts, answers = task.training_batch(B, gen)
+    batch = grpo.sample(policy, prompts, G, WIRING_ARGS.max_completion_len, gen)
+    rewards = (torch.rand(B, G, generator=gen) < 0.5).float()  # random, so that every group has an advantage
+    with torch.no_grad():
+        batch["ref_logp"] = grpo.token_logprobs(tiny_policy(seed + 100), prompts, batch["completions"])
+    batch.update(prompts=prompts, advantages=grpo.group_advantages(rewards.to(F64)))
+    return batch
+
+
+def grpo_state():
+    """(policy, Adam) with Adam's moments warmed up by two updates on another batch, and the batch to check on."""
+    policy = tiny_policy(0)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=WIRING_ARGS.learning_rate)
+    grpo.update(policy, optimizer, wiring_batch(policy, 1), WIRING_ARGS)
+    return (policy, optimizer), wiring_batch(policy, 2)
+
+
+def test_update_is_num_iterations_steps_on_grpo_loss_with_fixed_old_and_ref_logp():
+    state, batch = grpo_state()
+    args = WIRING_ARGS
+
+    def by_hand(state):
+        policy, optimizer = state
+        for _ in range(args.num_iterations):  # pi_old is the sampler at every pass: batch["logp"], never recomputed
+            logp = grpo.token_logprobs(policy, batch["prompts"], batch["completions"])
+            loss = grpo.grpo_loss(logp, batch["logp"], batch["ref_logp"], batch["advantages"], batch["mask"],
+                                  args.clip_eps, args.beta, args.kl_estimator)  # fmt: skip
+            optimiser_step(optimizer, loss, args.max_grad_norm)
+
+    assert_update_is_hand_built_steps(state, lambda s: grpo.update(*s, batch, args), by_hand)
+
+
+def test_every_hyperparameter_of_the_loss_reaches_update():
+    state, batch = grpo_state()
+    changes = {"beta": 0.3, "kl_estimator": "k2", "clip_eps": 0.02, "num_iterations": 2, "max_grad_norm": 0.01}
+    assert_each_hyperparameter_changes_the_update(
+        state, lambda s, args: grpo.update(*s, batch, args), WIRING_ARGS, changes
+    )
+
+
+def test_sampled_tokens_follow_the_stored_log_probabilities():
+    """20,000 completions of one prompt: the frequency of each first token, and of each second token after the
+    commonest first one, against the probability exp(stored logp) the sampler recorded. Each count must lie
+    within 5.5 binomial standard deviations: a false alarm (normal approximation, two-sided, Bonferroni over
+    at most 26 counts) has probability < 1e-6. Sampling from another distribution than the stored one (a
+    temperature, a stale model) moves counts by tens of standard deviations."""
+    policy = tiny_policy(0)
+    prompt = grpo.Task("max", torch.device("cpu")).train_prompts[:1]
+    n = 20_000
+    batch = grpo.sample(policy, prompt, n, 2, torch.Generator().manual_seed(5))
+    tokens, logp = batch["completions"][0], batch["logp"][0]  # [n, 2]
+
+    def check(sampled, stored_logp):
+        counts = torch.bincount(sampled, minlength=len(grpo.VOCAB)).to(F64)
+        p = torch.zeros(len(grpo.VOCAB), dtype=F64).index_put_((sampled,), stored_logp.exp())  # one value per token
+        assert p.sum() <= 1 + 1e-9
+        m = len(sampled)
+        z = (counts - m * p) / (m * p * (1 - p)).clamp(min=1e-12).sqrt()
+        seen = counts > 0
+        assert z[seen].abs().max() < 5.5, f"sampling frequencies off the stored probabilities: z = {z[seen]}"
+        assert m * (1 - p.sum()) < 5.5 * math.sqrt(m) + 1, "tokens never sampled should carry little probability"
+
+    check(tokens[:, 0], logp[:, 0])
+    first = torch.bincount(tokens[:, 0][tokens[:, 0] != grpo.EOS]).argmax()
+    after = tokens[:, 0] == first
+    check(tokens[after, 1], logp[after, 1])
+
+
+def test_train_hands_update_the_sampler_logp_the_initial_reference_and_its_advantages(monkeypatch, tmp_path):
+    """Through train() itself, for 4 updates: batch["ref_logp"] is always the log-probability under the initial
+    model (the reference stays frozen while the policy moves), batch["logp"] that of the policy that update()
+    is about to change (the sampler), and batch["advantages"] the group advantages of the task's rewards with
+    --adv-eps (0.5 here, so that a default in its place would show)."""
+    args = grpo.Args(total_updates=4, prompts_per_update=4, group_size=4, max_completion_len=4, adv_eps=0.5,
+                     d_model=16, n_layers=1, n_heads=2, device="cpu", run_dir=str(tmp_path))  # fmt: skip
+    real_update, seen = grpo.update, {}
+
+    def checked_update(policy, optimizer, batch, args):
+        seen.setdefault("initial", copy.deepcopy(policy))
+        prompts, completions, mask = batch["prompts"], batch["completions"], batch["mask"]
+        with torch.no_grad():
+            initial = grpo.token_logprobs(seen["initial"], prompts, completions)
+            current = grpo.token_logprobs(policy, prompts, completions)
+        assert torch.allclose(batch["ref_logp"] * mask, initial * mask, atol=1e-6), "pi_ref must be the initial model"
+        assert torch.allclose(batch["logp"] * mask, current * mask, atol=1e-5), "logp must be the sampler's"
+        answers = grpo.TASKS[args.task](prompts[:, : grpo.NUM_DIGITS])
+        rewards = grpo.Task.reward(answers, completions)
+        assert torch.equal(batch["advantages"], grpo.group_advantages(rewards, args.adv_eps))
+        seen["calls"] = seen.get("calls", 0) + 1
+        return real_update(policy, optimizer, batch, args)
+
+    monkeypatch.setattr(grpo, "update", checked_update)
+    grpo.train(args)
+    assert seen["calls"] == 4

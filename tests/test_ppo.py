@@ -26,7 +26,12 @@ from exact import (
     true_grad,
 )
 from runs import read_csv
-from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
+from wiring import (
+    assert_each_hyperparameter_changes_the_update,
+    assert_update_is_hand_built_steps,
+    optimiser_step,
+    rollout_batch,
+)
 
 import actor_critic as ac
 import ppo
@@ -236,21 +241,12 @@ def test_normalisation_statistics_are_those_of_training_and_survive_a_checkpoint
 # e, f. update(): one epoch of one minibatch is the actor-critic step; in general, the hand-built steps
 # ----------------------------------------------------------------------------------------------
 def fixed_batch(policy, T=8, N=2, obs_dim=3, seed=1):
-    """A rollout-shaped batch [T, N, ...] in float64, with actions and log-probabilities from the policy."""
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.randn(T, N, obs_dim, generator=g, dtype=F64)
+    """wiring.rollout_batch, with actions and their log-probabilities sampled from the policy (theta_old)."""
+    batch = rollout_batch(seed, T, N, obs_dim)
     torch.manual_seed(seed)
-    actions, log_probs = policy.act(obs.reshape(T * N, obs_dim))
-    actions, log_probs = actions.reshape(T, N, *actions.shape[1:]), log_probs.reshape(T, N)
-    return {
-        "obs": obs,
-        "actions": actions,
-        "log_probs": log_probs,
-        "rewards": torch.randn(T, N, generator=g, dtype=F64),
-        "terminated": (torch.rand(T, N, generator=g, dtype=F64) < 0.2).to(F64),
-        "truncated": (torch.rand(T, N, generator=g, dtype=F64) < 0.2).to(F64),
-        "next_obs": torch.randn(T, N, obs_dim, generator=g, dtype=F64),
-    }
+    actions, log_probs = policy.act(batch["obs"].reshape(T * N, obs_dim))
+    batch["actions"], batch["log_probs"] = actions.reshape(T, N, *actions.shape[1:]), log_probs.reshape(T, N)
+    return batch
 
 
 def networks(space, obs_dim=3, hidden=8, seed=0):

@@ -5,6 +5,7 @@ enumerated objective, against the exact expectation of the gradient of reinforce
 policy_loss, with advantages built by its own returns_to_go and leave_one_out_baseline.
 """
 
+import dataclasses
 import math
 
 import gymnasium as gym
@@ -23,6 +24,7 @@ from exact import (
     true_grad,
 )
 from runs import read_csv
+from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
 
 import reinforce
 
@@ -255,3 +257,81 @@ def test_pendulum_gaussian_path_runs(tmp_path):
     assert reinforce.main(["--env-id", "Pendulum-v1", "--total-timesteps", "3200", "--run-dir", str(run)]) == 0
     assert len(read_csv(run / "metrics.csv")) == 2 and (run / "model.pt").exists()
     assert reinforce.main(["--eval", str(run / "model.pt"), "--eval-episodes", "1"]) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# g. Wiring: update() is one step on policy_loss with the baseline of the networks before the update
+# ----------------------------------------------------------------------------------------------
+WIRING_ARGS = reinforce.Args(gamma=0.9, episodes_per_batch=3, value_iters=3, hidden_size=8, max_grad_norm=0.5)
+LENGTHS = (4, 2, 5)  # three episodes laid end to end, as rollout() returns them
+
+
+def wiring_batch(seed: int, action_space: gym.Space) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    T = sum(LENGTHS)
+    if isinstance(action_space, gym.spaces.Discrete):
+        actions = torch.randint(0, int(action_space.n), (T,), generator=g)
+    else:
+        actions = torch.randn(T, *action_space.shape, generator=g, dtype=F64)
+    return {
+        "obs": torch.randn(T, 4, generator=g, dtype=F64),
+        "actions": actions,
+        "rewards": torch.rand(T, generator=g, dtype=F64) + 0.5,
+        "dones": torch.cat([(torch.arange(n) == n - 1).to(F64) for n in LENGTHS]),
+        "timesteps": torch.cat([torch.arange(n) for n in LENGTHS]),
+    }
+
+
+def reinforce_state(action_space: gym.Space):
+    """(policy, value net, their two Adams) in float64, the Adams warmed up by two updates on other batches."""
+    torch.manual_seed(0)
+    policy = reinforce.Policy(4, action_space, 8).to(F64)
+    value_net = reinforce.ValueNet(4, 8).to(F64)
+    state = (
+        policy,
+        value_net,
+        torch.optim.Adam(policy.parameters(), 0.01),
+        torch.optim.Adam(value_net.parameters(), 0.01),
+    )
+    for seed in (1, 2):
+        reinforce.update(*state, wiring_batch(seed, action_space), WIRING_ARGS)
+    return state, wiring_batch(3, action_space)
+
+
+SPACES = {"discrete": gym.spaces.Discrete(3), "gaussian": gym.spaces.Box(-1.0, 1.0, (2,))}
+
+
+@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize("baseline", ["none", "mean", "value"])
+def test_update_is_one_policy_step_with_the_baseline_before_the_value_fit(baseline, space):
+    state, batch = reinforce_state(SPACES[space])
+    args = dataclasses.replace(WIRING_ARGS, baseline=baseline)
+
+    def by_hand(state):
+        policy, value_net, optimizer, value_optimizer = state
+        G = reinforce.returns_to_go(batch["rewards"], batch["dones"], args.gamma)
+        if baseline == "value":
+            with torch.no_grad():
+                b = value_net(batch["obs"])  # the critic as it is before it sees these returns
+        else:
+            b = reinforce.leave_one_out_baseline(G, batch["timesteps"]) if baseline == "mean" else 0 * G
+        log_probs, _ = policy.log_prob_entropy(batch["obs"], batch["actions"])
+        n_episodes = int(batch["dones"].sum())
+        optimiser_step(optimizer, reinforce.policy_loss(log_probs, G - b, n_episodes), args.max_grad_norm)
+        if baseline == "value":
+            for _ in range(args.value_iters):
+                optimiser_step(value_optimizer, reinforce.value_loss(value_net(batch["obs"]), G))
+
+    assert_update_is_hand_built_steps(state, lambda s: reinforce.update(*s, batch, args), by_hand)
+
+
+def test_every_hyperparameter_of_the_loss_reaches_update():
+    state, batch = reinforce_state(SPACES["discrete"])
+    changes = {"gamma": 0.5, "baseline": "mean", "value_iters": 1, "max_grad_norm": 0.01}
+    assert_each_hyperparameter_changes_the_update(
+        state, lambda s, args: reinforce.update(*s, batch, args), WIRING_ARGS, changes
+    )
+    mean_args = dataclasses.replace(WIRING_ARGS, baseline="mean")  # and none against mean
+    assert_each_hyperparameter_changes_the_update(
+        state, lambda s, args: reinforce.update(*s, batch, args), mean_args, {"baseline": "none"}
+    )

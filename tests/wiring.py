@@ -13,11 +13,27 @@ every hyperparameter that enters the loss must reach it. Two checks, shared by e
         for each (name, value), update() with args.name = value must move the parameters differently from
         update() with args: a hyperparameter that update() ignores fails here.
 
+    rollout_batch(seed, T, N, obs_dim)
+        a random float64 batch in the shape of the Gymnasium scripts' rollout(), for their update().
+
 `state` is a tuple of whatever update() takes that carries parameters or optimiser state (networks,
 optimisers). copy.deepcopy(state) copies the tuple as one object, so each optimiser in the copy points
 at the copied parameters and keeps its own copy of its moments: both runs start from the same optimiser
 state. Use float64 networks, and warm an Adam optimiser up (a few steps on another batch) before checking:
 Adam's first step from empty moments is lr * sign(grad), blind to any factor that scales a gradient.
+Each run starts from torch.manual_seed(0), so an update() that shuffles minibatches with torch's global
+generator (PPO) draws the same permutation in both runs: hand_steps then draws it the same way.
+Example (grpo.py; tests/test_grpo.py has it in full):
+
+    state = (policy, optimizer)
+    def hand_steps(state):
+        policy, optimizer = state
+        for _ in range(args.num_iterations):
+            logp = grpo.token_logprobs(policy, batch["prompts"], batch["completions"])
+            optimiser_step(optimizer, grpo.grpo_loss(logp, batch["logp"], ...), args.max_grad_norm)
+    assert_update_is_hand_built_steps(state, lambda s: grpo.update(*s, batch, args), hand_steps)
+    assert_each_hyperparameter_changes_the_update(state, lambda s, a: grpo.update(*s, batch, a), args,
+                                                  {"beta": 0.3, "clip_eps": 0.02, ...})
 """
 
 from __future__ import annotations
@@ -27,6 +43,21 @@ import dataclasses
 
 import torch
 import torch.nn as nn
+
+
+def rollout_batch(seed: int, T: int = 5, N: int = 3, obs_dim: int = 4) -> dict[str, torch.Tensor]:
+    """A random float64 batch shaped as the Gymnasium scripts' rollout() returns it ([T, N, ...]), two discrete
+    actions, some steps terminated and some truncated (never both)."""
+    g = torch.Generator().manual_seed(seed)
+    terminated = (torch.rand(T, N, generator=g) < 0.2).to(torch.float64)
+    return {
+        "obs": torch.randn(T, N, obs_dim, generator=g, dtype=torch.float64),
+        "actions": torch.randint(0, 2, (T, N), generator=g),
+        "rewards": torch.randn(T, N, generator=g, dtype=torch.float64),
+        "terminated": terminated,
+        "truncated": (1 - terminated) * (torch.rand(T, N, generator=g) < 0.2).to(torch.float64),
+        "next_obs": torch.randn(T, N, obs_dim, generator=g, dtype=torch.float64),
+    }
 
 
 def parameters(state) -> list[torch.Tensor]:
@@ -59,6 +90,7 @@ def parameter_change(state, run_update, *update_args) -> torch.Tensor:
     """The flat change of every parameter that run_update(copy of state, *update_args) makes; state is untouched."""
     twin = copy.deepcopy(state)
     before = flat_parameters(twin)
+    torch.manual_seed(0)
     run_update(twin, *update_args)
     return flat_parameters(twin) - before
 
