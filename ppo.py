@@ -91,6 +91,8 @@ class Args:
     num_minibatches: int = arg(4, "minibatches per epoch; must divide N*T")
     norm_adv: bool = arg(True, "normalise the advantages of each minibatch to mean 0, std 1")
     clip_coef: float = arg(0.2, "eps: the ratio's clip range [1 - eps, 1 + eps] (and the value clip's)")
+    # off by default: measured on CartPole-v1 (10 seeds, README), clipping the critic's change more than doubled the
+    # median steps to solve (38.6k vs 17.4k): returns of ~100 need the critic to move by more than 0.2 per rollout
     clip_vloss: bool = arg(False, "clip the critic's change per rollout to +-clip_coef around its old values")
     ent_coef: float = arg(0.0, "weight of the entropy bonus in the loss")
     vf_coef: float = arg(0.5, "weight of the critic's loss in the joint loss")
