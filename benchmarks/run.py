@@ -82,7 +82,9 @@ PLAN = [
     ("trpo",         "Acrobot-v1",   200_000,  5,     []),
     ("sb3-ppo",      "Acrobot-v1",   200_000,  5,     []),
     ("actor_critic", "Pendulum-v1",  200_000,  5,     []),
-    ("ppo",          "Pendulum-v1",  200_000,  5,     []),  # LEAD: the Pendulum-v1 flags ppo.py's README gives
+    ("ppo",          "Pendulum-v1",  200_000,  5,     ["--num-steps", "256", "--num-minibatches", "16",  # README:
+                                                       "--gamma", "0.9", "--learning-rate", "1e-3", "--anneal-lr",
+                                                       "--norm-obs", "--norm-reward"]),  # ppo.py on Pendulum-v1
     ("trpo",         "Pendulum-v1",  200_000,  5,     ["--gamma", "0.9", "--num-steps", "256", "--delta", "0.02"]),
     ("sb3-ppo",      "Pendulum-v1",  200_000,  5,     []),
 ]  # fmt: skip
