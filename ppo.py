@@ -82,7 +82,9 @@ class Args:
     seed: int = arg(1, "seeds Python, numpy, torch and the environments")
     total_timesteps: int = arg(100_000, "training budget in environment steps (all envs together)")
     learning_rate: float = arg(2.5e-3, "Adam step size of the actor and the critic")
-    anneal_lr: bool = arg(False, "decay the learning rate linearly to 0 over the budget")
+    # on by default: measured on CartPole-v1 (10 seeds, README), a similar median (19.4k vs 17.4k steps to solve), a
+    # better worst seed (30.0k vs 41.9k), and every seed still at 500 after 100k steps, where a constant rate drifts
+    anneal_lr: bool = arg(True, "decay the learning rate linearly to 0 over the budget (--no-anneal-lr: constant)")
     num_envs: int = arg(4, "N: environments stepped together (a Gymnasium SyncVectorEnv)")
     num_steps: int = arg(64, "T: steps of each env per rollout")
     gamma: float = arg(0.99, "discount factor in [0, 1]")
@@ -92,7 +94,7 @@ class Args:
     norm_adv: bool = arg(True, "normalise the advantages of each minibatch to mean 0, std 1")
     clip_coef: float = arg(0.2, "eps: the ratio's clip range [1 - eps, 1 + eps] (and the value clip's)")
     # off by default: measured on CartPole-v1 (10 seeds, README), clipping the critic's change more than doubled the
-    # median steps to solve (38.6k vs 17.4k): returns of ~100 need the critic to move by more than 0.2 per rollout
+    # median steps to solve at a constant learning rate (38.6k vs 17.4k): returns of ~100 need larger critic moves
     clip_vloss: bool = arg(False, "clip the critic's change per rollout to +-clip_coef around its old values")
     ent_coef: float = arg(0.0, "weight of the entropy bonus in the loss")
     vf_coef: float = arg(0.5, "weight of the critic's loss in the joint loss")
