@@ -25,6 +25,7 @@ from exact import (
 from runs import short_grpo_run_learns_and_eval_reloads
 from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
 
+import dr_grpo
 import grpo
 
 EPS = 1e-4  # the eps of (r - mean) / (std + eps), passed explicitly so the tests do not depend on a default
@@ -492,16 +493,17 @@ def test_every_hyperparameter_of_the_loss_reaches_update():
     )
 
 
-def test_sampled_tokens_follow_the_stored_log_probabilities():
+@pytest.mark.parametrize("module", [grpo, dr_grpo], ids=["grpo", "dr_grpo"])  # dr_grpo.py samples as grpo.py does
+def test_sampled_tokens_follow_the_stored_log_probabilities(module):
     """20,000 completions of one prompt: the frequency of each first token, and of each second token after the
     commonest first one, against the probability exp(stored logp) the sampler recorded. Each count must lie
     within 5.5 binomial standard deviations: a false alarm (normal approximation, two-sided, Bonferroni over
     at most 26 counts) has probability < 1e-6. Sampling from another distribution than the stored one (a
     temperature, a stale model) moves counts by tens of standard deviations."""
     policy = tiny_policy(0)
-    prompt = grpo.Task("max", torch.device("cpu")).train_prompts[:1]
+    prompt = module.Task("max", torch.device("cpu")).train_prompts[:1]
     n = 20_000
-    batch = grpo.sample(policy, prompt, n, 2, torch.Generator().manual_seed(5))
+    batch = module.sample(policy, prompt, n, 2, torch.Generator().manual_seed(5))
     tokens, logp = batch["completions"][0], batch["logp"][0]  # [n, 2]
 
     def check(sampled, stored_logp):
@@ -520,29 +522,31 @@ def test_sampled_tokens_follow_the_stored_log_probabilities():
     check(tokens[after, 1], logp[after, 1])
 
 
-def test_train_hands_update_the_sampler_logp_the_initial_reference_and_its_advantages(monkeypatch, tmp_path):
+@pytest.mark.parametrize("module", [grpo, dr_grpo], ids=["grpo", "dr_grpo"])
+def test_train_hands_update_the_sampler_logp_the_initial_reference_and_its_advantages(module, monkeypatch, tmp_path):
     """Through train() itself, for 4 updates: batch["ref_logp"] is always the log-probability under the initial
     model (the reference stays frozen while the policy moves), batch["logp"] that of the policy that update()
     is about to change (the sampler), and batch["advantages"] the group advantages of the task's rewards with
-    --adv-eps (0.5 here, so that a default in its place would show)."""
-    args = grpo.Args(total_updates=4, prompts_per_update=4, group_size=4, max_completion_len=4, adv_eps=0.5,
-                     d_model=16, n_layers=1, n_heads=2, device="cpu", run_dir=str(tmp_path))  # fmt: skip
-    real_update, seen = grpo.update, {}
+    --adv-eps for grpo.py (0.5 here, so that a default in its place would show; dr_grpo.py has no std, so no eps)."""
+    eps = {"adv_eps": 0.5} if module is grpo else {}
+    args = module.Args(total_updates=4, prompts_per_update=4, group_size=4, max_completion_len=4, **eps,
+                       d_model=16, n_layers=1, n_heads=2, device="cpu", run_dir=str(tmp_path))  # fmt: skip
+    real_update, seen = module.update, {}
 
     def checked_update(policy, optimizer, batch, args):
         seen.setdefault("initial", copy.deepcopy(policy))
         prompts, completions, mask = batch["prompts"], batch["completions"], batch["mask"]
         with torch.no_grad():
-            initial = grpo.token_logprobs(seen["initial"], prompts, completions)
-            current = grpo.token_logprobs(policy, prompts, completions)
+            initial = module.token_logprobs(seen["initial"], prompts, completions)
+            current = module.token_logprobs(policy, prompts, completions)
         assert torch.allclose(batch["ref_logp"] * mask, initial * mask, atol=1e-6), "pi_ref must be the initial model"
         assert torch.allclose(batch["logp"] * mask, current * mask, atol=1e-5), "logp must be the sampler's"
-        answers = grpo.TASKS[args.task](prompts[:, : grpo.NUM_DIGITS])
-        rewards = grpo.Task.reward(answers, completions)
-        assert torch.equal(batch["advantages"], grpo.group_advantages(rewards, args.adv_eps))
+        answers = module.TASKS[args.task](prompts[:, : module.NUM_DIGITS])
+        rewards = module.Task.reward(answers, completions)
+        assert torch.equal(batch["advantages"], module.group_advantages(rewards, *eps.values()))
         seen["calls"] = seen.get("calls", 0) + 1
         return real_update(policy, optimizer, batch, args)
 
-    monkeypatch.setattr(grpo, "update", checked_update)
-    grpo.train(args)
+    monkeypatch.setattr(module, "update", checked_update)
+    module.train(args)
     assert seen["calls"] == 4
