@@ -35,9 +35,10 @@ size or a small batch let the policy run away from the data it is being fitted t
 What changed since actor_critic.py: a rollout is used for --update-epochs epochs of --num-minibatches
 shuffled minibatches instead of one step; the policy loss is the clipped ratio surrogate instead of
 log pi * A (the two agree, value and gradient, at theta = theta_old); the log-probabilities of the acting
-policy are stored in the rollout; per-minibatch advantage normalisation; optional value clipping, linear
-learning-rate annealing, running observation normalisation and reward scaling (their statistics travel
-in the checkpoint); the KL and clip-fraction diagnostics. Time limits bootstrap from V of the final
+policy are stored in the rollout; per-minibatch advantage normalisation; a learning rate that decays
+linearly to 0 over the budget (--no-anneal-lr keeps it constant); optional value clipping, running
+observation normalisation and reward scaling (their statistics travel in the checkpoint); the KL and
+clip-fraction diagnostics. Time limits bootstrap from V of the final
 observation exactly as in actor_critic.py.
 What changed since trpo.py: TRPO maximises the unclipped surrogate mean_t ratio_t A_t subject to a hard
 constraint KL(pi_old || pi_theta) <= delta, which takes a natural-gradient direction (conjugate
