@@ -31,6 +31,16 @@ def eval_mean_return(module, path, capsys) -> float:
     return float(last_line.split("mean return ")[1].split()[0])
 
 
+def short_run_improves(module, run_dir, *argv: str) -> list[dict[str, str]]:
+    """Train <script>.py (module: the imported script) in this process with seed 1 and argv: the mean return of
+    the last 20 episodes must be over 100 and over 4 times that of the first 20. Returns metrics.csv's rows."""
+    assert module.main([*argv, "--seed", "1", "--run-dir", str(run_dir)]) == 0
+    returns = [float(e["return"]) for e in read_csv(os.path.join(run_dir, "episodes.csv"))]
+    first, last = sum(returns[:20]) / 20, sum(returns[-20:]) / 20
+    assert last > 4 * first and last > 100, (first, last)
+    return read_csv(os.path.join(run_dir, "metrics.csv"))
+
+
 def short_grpo_run_learns_and_eval_reloads(script: str, run_dir, updates: int = 40) -> None:
     """Train <script>.py (grpo or dr_grpo) briefly with a fixed seed: greedy accuracy on the held-out prompts
     ends at 0.5 or more and 0.3 above where it began; --eval reloads the checkpoint and reports that accuracy."""

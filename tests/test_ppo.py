@@ -25,7 +25,7 @@ from exact import (
     trajectory_log_probs,
     true_grad,
 )
-from runs import read_csv
+from runs import eval_mean_return, short_run_improves
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
@@ -390,21 +390,9 @@ def test_the_minibatches_of_an_epoch_are_a_permutation_of_the_batch():
 # ----------------------------------------------------------------------------------------------
 # g. Short runs, the files they write, and --eval
 # ----------------------------------------------------------------------------------------------
-def eval_mean_return(path, capsys):
-    assert ppo.main(["--eval", str(path), "--eval-episodes", "3"]) == 0
-    last_line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last_line.startswith("eval ") and "mean return" in last_line
-    return float(last_line.split("mean return ")[1].split()[0])
-
-
 def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert ppo.main(["--total-timesteps", "8000", "--seed", "1", "--run-dir", str(run)]) == 0
-    returns = [float(e["return"]) for e in read_csv(run / "episodes.csv")]
-    first, last = np.mean(returns[:20]), np.mean(returns[-20:])
-    assert last > 4 * first and last > 100, (first, last)
-    rows = read_csv(run / "metrics.csv")
+    rows = short_run_improves(ppo, tmp_path / "run", "--total-timesteps", "8000")
     for column in ("approx_kl", "clip_fraction", "explained_variance", "entropy", "policy_loss", "value_loss"):
         assert all(np.isfinite(float(r[column])) for r in rows), column
     assert max(float(r["clip_fraction"]) for r in rows) > 0 and min(float(r["approx_kl"]) for r in rows) >= 0
-    assert eval_mean_return(run / "model.pt", capsys) > 100
+    assert eval_mean_return(ppo, tmp_path / "run" / "model.pt", capsys) > 100
