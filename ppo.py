@@ -495,7 +495,7 @@ def update(policy, value_net, optimizer, batch, args: Args, generator: torch.Gen
         for idx in minibatches(len(obs), args.num_minibatches, generator):
             log_probs, entropy = policy.log_prob_entropy(obs[idx], actions[idx])
             kl = approx_kl(log_probs.detach(), old_log_probs[idx])  # of the policy as it is now, on this minibatch
-            if args.target_kl > 0 and kl > args.target_kl:
+            if args.target_kl > 0 and n_steps > 0 and kl > args.target_kl:
                 stop = True  # the policy has moved far enough from the one that collected the data
                 break
             mb_advantages = normalize(advantages[idx]) if args.norm_adv else advantages[idx]

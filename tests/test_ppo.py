@@ -329,7 +329,8 @@ def run_update(state, args=WIRING_ARGS, seed=4):
 def hand_built_steps(args):
     """The update, from the pure functions: advantages and lambda-returns from the critic before any step,
     then for each epoch a fresh permutation (the same generator), one torch.optim.Adam step per minibatch on
-    policy_loss + vf_coef value_loss - ent_coef entropy, stopping before the step where approx_kl > target_kl."""
+    policy_loss + vf_coef value_loss - ent_coef entropy, stopping before a step (not the first) where approx_kl >
+    target_kl."""
 
     def steps(state, seed=4):
         policy, value_net, _, reference = state
@@ -341,10 +342,11 @@ def hand_built_steps(args):
         A = ppo.gae(*T_by_N, args.gamma, args.gae_lambda).reshape(-1)
         targets = A + values
         generator = torch.Generator().manual_seed(seed)
-        for _ in range(args.update_epochs):
-            for idx in ppo.minibatches(len(A), args.num_minibatches, generator):
+        for epoch in range(args.update_epochs):
+            for k, idx in enumerate(ppo.minibatches(len(A), args.num_minibatches, generator)):
                 log_probs, entropy = policy.log_prob_entropy(batch["obs"][idx], batch["actions"][idx])
-                if args.target_kl > 0 and ppo.approx_kl(log_probs, batch["log_probs"][idx]) > args.target_kl:
+                kl = ppo.approx_kl(log_probs, batch["log_probs"][idx])
+                if args.target_kl > 0 and epoch + k > 0 and kl > args.target_kl:
                     return
                 a = ppo.normalize(A[idx]) if args.norm_adv else A[idx]
                 old_values = values[idx] if args.clip_vloss else None
