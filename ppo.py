@@ -756,9 +756,10 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto") -> 
     """Run a saved policy greedily for `episodes` episodes on the env it was trained on; return (mean, std)."""
     device = resolve_device(device_name)
     policy, normalizer, env = load_policy(path, device)
-    returns = []
+    returns, steps = [], 0
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
+        check_finite(obs, 0.0, steps)
         done, total = False, 0.0
         while not done:
             obs = normalizer.obs(obs[None], update=False)
@@ -767,6 +768,8 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto") -> 
             if not policy.discrete:
                 action = np.clip(action, env.action_space.low, env.action_space.high)
             obs, reward, terminated, truncated, _ = env.step(action)
+            steps += 1
+            check_finite(obs, reward, steps)  # the environment's fault, named as in training
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -810,6 +813,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"ppo.py: error: {e}", file=sys.stderr)
         return 2
+    except EnvironmentNotFinite as e:  # in --eval (training reports its own, exits 1 and keeps its checkpoint)
+        what, steps = e.args
+        cause = f"the environment returned a non-finite {what} at evaluation step {steps}"
+        print(f"ppo.py: {cause}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
         return 143 if isinstance(e, Terminated) else 130
     return 0

@@ -530,9 +530,10 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto") -> 
         policy.load_state_dict(state["policy"])
     except RuntimeError:
         raise ValueError(f"{path}: the weights do not fit the network its args describe") from None
-    returns = []
+    returns, steps = [], 0
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
+        check_finite(obs, 0.0, steps)
         done, total = False, 0.0
         while not done:
             action = (
@@ -541,6 +542,8 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto") -> 
             if not policy.discrete:
                 action = np.clip(action, env.action_space.low, env.action_space.high)
             obs, reward, terminated, truncated, _ = env.step(action)
+            steps += 1
+            check_finite(obs, reward, steps)  # the environment's fault, named as in training
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -578,6 +581,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"reinforce.py: error: {e}", file=sys.stderr)
         return 2
+    except EnvironmentNotFinite as e:  # in --eval (training reports its own, exits 1 and keeps its checkpoint)
+        what, steps = e.args
+        cause = f"the environment returned a non-finite {what} at evaluation step {steps}"
+        print(f"reinforce.py: {cause}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
         return 143 if isinstance(e, Terminated) else 130
     return 0

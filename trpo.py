@@ -362,10 +362,12 @@ class EnvironmentNotFinite(FloatingPointError):
     """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
 
 
-def check_finite(what: str, value, steps_so_far: int) -> None:
-    """Raise EnvironmentNotFinite unless every number in value (an observation, a reward) is finite."""
-    if not np.isfinite(value).all():
-        raise EnvironmentNotFinite(what, steps_so_far)
+def check_finite(obs, reward, steps_so_far: int) -> None:
+    """Raise EnvironmentNotFinite, naming which, unless the observation(s) and the reward(s) are finite."""
+    if not np.isfinite(obs).all():
+        raise EnvironmentNotFinite("observation", steps_so_far)
+    if not np.isfinite(reward).all():
+        raise EnvironmentNotFinite("reward", steps_so_far)
 
 
 def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.device, on_episode_end) -> dict:
@@ -382,7 +384,7 @@ def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.dev
     keys = ("obs", "actions", "rewards", "terminated", "truncated", "next_obs")
     steps = {k: [] for k in keys}
     space = envs.single_action_space
-    check_finite("observation", carry["obs"], 0)  # from reset() before the first rollout, else checked already
+    check_finite(carry["obs"], 0.0, 0)  # from reset() before the first rollout (no reward), else checked already
     for t in range(num_steps):
         obs = carry["obs"]
         actions = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
@@ -392,8 +394,7 @@ def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.dev
         true_next_obs = next_obs.copy()  # next_obs of an ended episode is already the next one's reset obs
         for i in np.flatnonzero(done):
             true_next_obs[i] = infos["final_obs"][i]
-        check_finite("observation", (next_obs, true_next_obs), (t + 1) * envs.num_envs)
-        check_finite("reward", rewards, (t + 1) * envs.num_envs)
+        check_finite((next_obs, true_next_obs), rewards, (t + 1) * envs.num_envs)
         for k, v in zip(keys, (obs, actions, rewards, terminated, truncated, true_next_obs), strict=True):
             steps[k].append(v)
         carry["episode_return"] += rewards
@@ -704,9 +705,10 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto") -> 
         policy.load_state_dict(state["policy"])
     except RuntimeError:
         raise ValueError(f"{path}: the weights do not fit the network its args describe") from None
-    returns = []
+    returns, steps = [], 0
     for k in range(episodes):
         obs, _ = env.reset(seed=seed + k)
+        check_finite(obs, 0.0, steps)
         done, total = False, 0.0
         while not done:
             action = (
@@ -715,6 +717,8 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto") -> 
             if not policy.discrete:
                 action = np.clip(action, env.action_space.low, env.action_space.high)
             obs, reward, terminated, truncated, _ = env.step(action)
+            steps += 1
+            check_finite(obs, reward, steps)  # the environment's fault, named as in training
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
@@ -754,6 +758,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"trpo.py: error: {e}", file=sys.stderr)
         return 2
+    except EnvironmentNotFinite as e:  # in --eval (training reports its own, exits 1 and keeps its checkpoint)
+        what, steps = e.args
+        cause = f"the environment returned a non-finite {what} at evaluation step {steps}"
+        print(f"trpo.py: {cause}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
         return 143 if isinstance(e, Terminated) else 130
     return 0

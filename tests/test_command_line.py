@@ -268,6 +268,10 @@ def test_non_finite_environment_is_named_and_the_last_good_checkpoint_kept(scrip
     says = f"the environment returned a non-finite {what} at global step {at};"
     rows = stopped_keeping_the_last_good_checkpoint(script, argv, run, capsys, says)
     assert 0 < int(rows[-1]["global_step"]) < at
+    # --eval of the kept checkpoint meets the same environment (now broken from its first step): named the same way
+    assert importlib.import_module(script).main(["--eval", str(run / "model.pt"), "--eval-episodes", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"the environment returned a non-finite {what} at evaluation step" in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
