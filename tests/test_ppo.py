@@ -398,3 +398,75 @@ def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
         assert all(np.isfinite(float(r[column])) for r in rows), column
     assert max(float(r["clip_fraction"]) for r in rows) > 0 and min(float(r["approx_kl"]) for r in rows) >= 0
     assert eval_mean_return(ppo, tmp_path / "run" / "model.pt", capsys) > 100
+
+
+# ----------------------------------------------------------------------------------------------
+# h. What train() feeds update(): the learning rate each update applies, and the rewards it learns from
+# ----------------------------------------------------------------------------------------------
+def applied_learning_rates(monkeypatch, tmp_path, *argv: str) -> list[list[float]]:
+    """Train with argv; for each update, the learning rate that each of its optimiser steps applied, read from the
+    optimiser that update() was given at the moment it stepped."""
+    per_update = []
+    real_update = ppo.update
+
+    def spying_update(policy, value_net, optimizer, *rest, **kwargs):
+        rates, real_step = [], optimizer.step
+
+        def step(*a, **k):
+            rates.append(optimizer.param_groups[0]["lr"] if hasattr(optimizer, "param_groups") else optimizer.lr)
+            return real_step(*a, **k)
+
+        optimizer.step = step
+        try:
+            return real_update(policy, value_net, optimizer, *rest, **kwargs)
+        finally:
+            del optimizer.step
+            per_update.append(rates)
+
+    monkeypatch.setattr(ppo, "update", spying_update)
+    short = ["--total-timesteps", "256", "--num-envs", "2", "--num-steps", "16", "--update-epochs", "2"]
+    assert ppo.main([*short, "--num-minibatches", "2", "--run-dir", str(tmp_path / "run"), *argv]) == 0
+    return per_update
+
+
+@pytest.mark.parametrize("anneal", [True, False], ids=["anneal-lr", "no-anneal-lr"])
+def test_each_update_applies_the_documented_learning_rate(anneal, monkeypatch, tmp_path):
+    """256 steps in batches of 2 x 16: 8 updates of 2 epochs x 2 minibatches. Update k (from 0) steps with
+    learning_rate * (1 - k / 8), from learning_rate down to learning_rate / 8; --no-anneal-lr: learning_rate."""
+    lr, updates = 0.003, 8
+    rates = applied_learning_rates(
+        monkeypatch, tmp_path, "--learning-rate", str(lr), "--anneal-lr" if anneal else "--no-anneal-lr"
+    )
+    expected = [lr * (1 - k / updates) if anneal else lr for k in range(updates)]
+    assert [len(r) for r in rates] == [4] * updates
+    for k, (applied, want) in enumerate(zip(rates, expected, strict=True)):
+        assert applied == pytest.approx([want] * 4, rel=1e-12), f"update {k}"
+
+
+def test_with_norm_reward_the_advantages_are_computed_from_the_scaled_rewards(monkeypatch, tmp_path):
+    """Pendulum-v1 (rewards in [-16.3, 0]) with --norm-reward: the rewards that gae() receives at each update are
+    the normaliser's outputs for that rollout's steps, in order, and far from the raw rewards."""
+    raw, scaled, given_to_gae = [], [], []
+    real_reward, real_gae = ppo.Normalizer.reward, ppo.gae
+
+    def recording_reward(self, rewards, *rest):
+        out = real_reward(self, rewards, *rest)
+        raw.append(np.array(rewards, dtype=np.float64))
+        scaled.append(np.array(out, dtype=np.float64))
+        return out
+
+    def recording_gae(rewards, *rest):
+        given_to_gae.append(rewards.detach().double().cpu())
+        return real_gae(rewards, *rest)
+
+    monkeypatch.setattr(ppo.Normalizer, "reward", recording_reward)
+    monkeypatch.setattr(ppo, "gae", recording_gae)
+    argv = ["--env-id", "Pendulum-v1", "--total-timesteps", "384", "--num-envs", "2", "--num-steps", "64"]
+    assert ppo.main([*argv, "--norm-reward", "--update-epochs", "1", "--run-dir", str(tmp_path / "run")]) == 0
+    T = 64
+    assert len(given_to_gae) == 3 and len(scaled) == 3 * T
+    for k, rewards in enumerate(given_to_gae):
+        steps = slice(k * T, (k + 1) * T)
+        expected, unscaled = torch.tensor(np.stack(scaled[steps])), torch.tensor(np.stack(raw[steps]))
+        assert_close(rewards, expected, rtol=1e-6)
+        assert (rewards - unscaled).abs().max() > 1.0
