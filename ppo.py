@@ -370,38 +370,6 @@ class Normalizer:
             setattr(self, k, v.numpy() if v.dim() else float(v))
 
 
-class Adam:
-    """Adam (Kingma & Ba 2015), the same steps as torch.optim.Adam (tests/test_ppo.py checks it), written out
-    because the first torch.optim optimiser imports torch._dynamo: over a second of start-up, a third of
-    the time this script takes to solve CartPole-v1. For every parameter p with gradient g, at step k:
-        m <- beta1 m + (1 - beta1) g,   v <- beta2 v + (1 - beta2) g^2,
-        p <- p - lr / (1 - beta1^k) * m / (sqrt(v / (1 - beta2^k)) + eps)."""
-
-    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-5):
-        self.params, self.lr, self.betas, self.eps, self.k = list(params), lr, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """One step for every parameter at once: torch._foreach_* apply an operation to a list of tensors in
-        one call, which for networks this small is several times faster than a loop over them."""
-        self.k += 1
-        beta1, beta2 = self.betas
-        grads = [p.grad for p in self.params]
-        torch._foreach_lerp_(self.m, grads, 1 - beta1)  # m <- m + (1 - beta1) (g - m)
-        torch._foreach_mul_(self.v, beta2)
-        torch._foreach_addcmul_(self.v, grads, grads, 1 - beta2)
-        denominator = torch._foreach_sqrt(self.v)
-        torch._foreach_div_(denominator, math.sqrt(1 - beta2**self.k))
-        torch._foreach_add_(denominator, self.eps)
-        torch._foreach_addcdiv_(self.params, self.m, denominator, -self.lr / (1 - beta1**self.k))
-
-
 # ----------------------------------------------------------------------------------------------
 # Rollout: T steps of N environments, continuing where the last rollout stopped
 # ----------------------------------------------------------------------------------------------
@@ -488,7 +456,7 @@ def update(policy, value_net, optimizer, batch, args: Args, generator: torch.Gen
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, N, ...] -> [T*N, ...]
     obs, actions, old_log_probs = flat(batch["obs"]), flat(batch["actions"]), flat(batch["log_probs"])
     advantages, targets, values = flat(advantages), flat(targets), flat(values)
-    params = optimizer.params
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     sums = dict.fromkeys(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0)
     n_steps, stop = 0, False
     for _ in range(args.update_epochs):
@@ -631,7 +599,7 @@ def train(args: Args) -> dict[str, float]:
     policy = Policy(obs_dim, envs.single_action_space, args.hidden_size).to(device)
     value_net = ValueNet(obs_dim, args.hidden_size, shared_with=policy if args.network == "shared" else None).to(device)
     params = list({id(p): p for net in (policy, value_net) for p in net.parameters()}.values())  # shared ones once
-    optimizer = Adam(params, lr=args.learning_rate)
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
     obs_shape = envs.single_observation_space.shape
     normalizer = Normalizer(obs_shape, args.num_envs, args.gamma, args.norm_obs, args.norm_reward)
     num_updates = math.ceil(args.total_timesteps / (args.num_envs * args.num_steps))
@@ -671,7 +639,8 @@ def train(args: Args) -> dict[str, float]:
             t0 = time.time()
             ended_before = len(recent)
             if args.anneal_lr:  # linearly from learning_rate at the first update to learning_rate / num_updates
-                optimizer.lr = args.learning_rate * (1.0 - update_idx / num_updates)
+                for group in optimizer.param_groups:
+                    group["lr"] = args.learning_rate * (1.0 - update_idx / num_updates)
             try:
                 batch = rollout(envs, policy, carry, args.num_steps, device, on_episode_end, normalizer)
                 global_step += batch["rewards"].numel()
@@ -694,7 +663,7 @@ def train(args: Args) -> dict[str, float]:
                 "sps": round(batch["rewards"].numel() / (time.time() - t0)),
                 "episodic_return": float(np.mean(recent[ended])) if recent[ended] else float("nan"),
                 "episode_length": float(np.mean(recent_lengths[ended])) if recent[ended] else float("nan"),
-                "learning_rate": optimizer.lr,
+                "learning_rate": optimizer.param_groups[0]["lr"],
                 **stats,
             }
             metrics.writerow([row[c] for c in columns])

@@ -257,22 +257,6 @@ def networks(space, obs_dim=3, hidden=8, seed=0):
 SPACES = {"discrete": gym.spaces.Discrete(3), "box": gym.spaces.Box(-1.0, 1.0, (2,))}
 
 
-class SGD:
-    """p <- p - lr * grad: the parameter change is the gradient itself, scaled."""
-
-    def __init__(self, params, lr):
-        self.params, self.lr = list(params), lr
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self):
-        for p in self.params:
-            p -= self.lr * p.grad
-
-
 @pytest.mark.parametrize("space", SPACES)
 def test_one_epoch_of_one_minibatch_is_the_actor_critic_step(space):
     """With one epoch, one minibatch, no advantage normalisation and no value clipping, ratio = 1 and the
@@ -285,7 +269,7 @@ def test_one_epoch_of_one_minibatch_is_the_actor_critic_step(space):
     params = [*policy.parameters(), *value_net.parameters()]
     before = [p.detach().clone() for p in params]
     lr = 1e-3
-    ppo.update(policy, value_net, SGD(params, lr), batch, args)
+    ppo.update(policy, value_net, torch.optim.SGD(params, lr), batch, args)
     change = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(params, before, strict=True)])
 
     for p, b in zip(params, before, strict=True):
@@ -308,21 +292,19 @@ WIRING_ARGS = ppo.Args(num_envs=2, num_steps=8, update_epochs=3, num_minibatches
 
 
 def warmed_state(space):
-    """(policy, value_net, ppo.Adam, torch.optim.Adam with the same moments): the script's optimiser for
-    update(), torch's for the hand-built steps, both a few steps away from empty moments."""
+    """(policy, value_net, torch.optim.Adam with the script's eps), Adam a few steps away from empty moments."""
     policy, value_net = networks(SPACES[space])
-    optimizer = ppo.Adam([*policy.parameters(), *value_net.parameters()], lr=WIRING_ARGS.learning_rate)
+    params = [*policy.parameters(), *value_net.parameters()]
+    optimizer = torch.optim.Adam(params, lr=WIRING_ARGS.learning_rate, eps=1e-5)
     warm = ppo.Args(**{**WIRING_ARGS.__dict__, "update_epochs": 1})
     ppo.update(policy, value_net, optimizer, fixed_batch(policy, seed=9), warm)
-    reference = torch.optim.Adam(optimizer.params, lr=optimizer.lr, eps=optimizer.eps)
-    for p, m, v in zip(optimizer.params, optimizer.m, optimizer.v, strict=True):
-        reference.state[p] = {"step": torch.tensor(float(optimizer.k)), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
-    return policy, value_net, optimizer, reference
+    return policy, value_net, optimizer
 
 
 def run_update(state, args=WIRING_ARGS, seed=4):
-    policy, value_net, optimizer, _ = state
-    optimizer.lr = args.learning_rate
+    policy, value_net, optimizer = state
+    for group in optimizer.param_groups:
+        group["lr"] = args.learning_rate
     return ppo.update(policy, value_net, optimizer, fixed_batch(policy), args, torch.Generator().manual_seed(seed))
 
 
@@ -333,7 +315,7 @@ def hand_built_steps(args):
     target_kl."""
 
     def steps(state, seed=4):
-        policy, value_net, _, reference = state
+        policy, value_net, optimizer = state
         batch = {k: v.reshape(-1, *v.shape[2:]) for k, v in fixed_batch(policy).items()}
         with torch.no_grad():
             values, next_values = value_net(batch["obs"]), value_net(batch["next_obs"])
@@ -356,7 +338,7 @@ def hand_built_steps(args):
                     * ppo.value_loss(value_net(batch["obs"][idx]), targets[idx], old_values, args.clip_coef)
                     - args.ent_coef * entropy.mean()
                 )
-                optimiser_step(reference, loss, args.max_grad_norm)
+                optimiser_step(optimizer, loss, args.max_grad_norm)
 
     return steps
 
@@ -413,7 +395,7 @@ def applied_learning_rates(monkeypatch, tmp_path, *argv: str) -> list[list[float
         rates, real_step = [], optimizer.step
 
         def step(*a, **k):
-            rates.append(optimizer.param_groups[0]["lr"] if hasattr(optimizer, "param_groups") else optimizer.lr)
+            rates.append(optimizer.param_groups[0]["lr"])
             return real_step(*a, **k)
 
         optimizer.step = step
