@@ -132,6 +132,11 @@ def validate(args: Args) -> None:
             f"--num-minibatches must divide the batch of --num-envs x --num-steps = {batch_size} steps "
             f"(got {args.num_minibatches})",
         ),
+        (
+            not args.norm_adv or batch_size >= 2 * args.num_minibatches,
+            f"--num-minibatches {args.num_minibatches} makes minibatches of one step from a batch of {batch_size}; "
+            "--norm-adv needs at least 2 per minibatch (or use --no-norm-adv)",
+        ),
         (args.clip_coef > 0, f"--clip-coef must be > 0 (got {args.clip_coef})"),
         (args.ent_coef >= 0, f"--ent-coef must be >= 0 (got {args.ent_coef})"),
         (args.vf_coef > 0, f"--vf-coef must be > 0 (got {args.vf_coef})"),
@@ -245,10 +250,14 @@ def gae(
     """Generalized advantage estimates A_t = sum_{l>=0} (gamma*lam)^l delta_{t+l}, each sum stopping at
     its episode's last step or at the rollout's last step, whichever comes first.
 
-    All [T, N] (time, env), float: rewards r_t; values V(s_t); next_values V(s'_t) of the true next
-    state (at an episode's last step: its final observation, not the reset one); terminated / truncated
-    1.0 at a step that ended its episode by a terminal state / by a time limit. Returns A: [T, N].
+    All [T, N] (time, env): rewards r_t; values V(s_t); next_values V(s'_t) of the true next state (at an
+    episode's last step: its final observation, not the reset one); terminated / truncated true (or 1.0) at a
+    step that ended its episode by a terminal state / by a time limit, bool or float, tensors or the numpy
+    arrays Gymnasium returns. Returns A: [T, N], on rewards' device.
     """
+    terminated, truncated = (
+        torch.as_tensor(x, device=rewards.device).to(rewards.dtype) for x in (terminated, truncated)
+    )
     deltas = rewards + gamma * (1.0 - terminated) * next_values - values  # no future after a terminal state
     not_done = 1.0 - torch.maximum(terminated, truncated)  # either way the next row is a new episode
     advantages = torch.zeros_like(rewards)
@@ -317,8 +326,8 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 
 def update_mean_var(mean, var, count: float, batch):
     """Merge a batch [B, ...] into running statistics (mean [...], var [...], count) of everything seen
-    so far (Chan et al. 1979: the pooled mean and population variance, exactly). numpy arrays or
-    tensors; count 0 starts from nothing. Returns (mean, var, count)."""
+    so far (Chan et al. 1979: the pooled mean and population variance, exactly). numpy arrays, or tensors
+    on any one device; count 0 starts from nothing. Returns (mean, var, count)."""
     batch_count = batch.shape[0]
     batch_mean = batch.mean(0)
     batch_var = ((batch - batch_mean) ** 2).mean(0)
@@ -332,14 +341,17 @@ class Normalizer:
     """--norm-obs: observations -> clip((obs - mean) / sqrt(var + 1e-8), -10, 10), with the running mean
     and variance of every observation seen in training. --norm-reward: r -> clip(r / sqrt(Var[R] + 1e-8),
     -10, 10), with R the running discounted return of each env (R <- gamma R + r, 0 at an episode's start):
-    the rewards keep their sign and their mean, the critic's targets a scale near 1. Training updates
-    the statistics; --eval loads them from the checkpoint and keeps them fixed, so the policy sees the
-    inputs it was trained on. Either flag off: the identity."""
+    the rewards are divided, not centred, so they keep their sign but not their mean, and the critic's
+    targets get a scale near 1. Both statistics start as Stable-Baselines3's RunningMeanStd does: mean 0,
+    variance 1, count 1e-4 (a prior worth 1e-4 samples), so the first step is not divided by a variance of 0.
+    Training updates the statistics; --eval loads them from the checkpoint and keeps them fixed, so the
+    policy sees the inputs it was trained on. Either flag off: the identity. Host-side numpy: it sits
+    between Gymnasium's numpy arrays and the tensors the policy gets."""
 
     def __init__(self, obs_shape, num_envs: int, gamma: float, norm_obs: bool, norm_reward: bool):
         self.norm_obs, self.norm_reward, self.gamma = norm_obs, norm_reward, gamma
-        self.obs_mean, self.obs_var, self.obs_count = np.zeros(obs_shape), np.ones(obs_shape), 0.0
-        self.return_mean, self.return_var, self.return_count = np.zeros(()), np.ones(()), 0.0
+        self.obs_mean, self.obs_var, self.obs_count = np.zeros(obs_shape), np.ones(obs_shape), 1e-4
+        self.return_mean, self.return_var, self.return_count = np.zeros(()), np.ones(()), 1e-4
         self.returns = np.zeros(num_envs)
 
     def obs(self, raw: np.ndarray, update: bool = True) -> np.ndarray:

@@ -195,12 +195,44 @@ def test_update_mean_var_merges_batches_into_the_pooled_mean_and_variance():
     np.testing.assert_allclose(var, everything.var(0), rtol=1e-12)
 
 
+def pooled_with_prior(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, population variance and count of samples [n, ...] pooled with the Normalizer's documented start, a
+    prior worth 1e-4 samples of mean 0 and variance 1 (Stable-Baselines3's RunningMeanStd), computed in one go."""
+    count = len(samples) + 1e-4
+    mean = samples.sum(0) / count
+    var = (1e-4 * (1.0 + mean**2) + ((samples - mean) ** 2).sum(0)) / count
+    return mean, var, count
+
+
+def test_the_normaliser_starts_from_mean_0_variance_1_count_1e_4_so_the_first_reward_is_not_blown_up():
+    """One env, the first steps: scaled r_t = clip(r_t / sqrt(var_t + 1e-8), -10, 10), var_t that of every
+    discounted return so far (R <- gamma R + r, reset after a done) pooled with the prior; the first reward,
+    0.05, scales to about 5 (a count-0 start has var_1 = 0 and clips it to 10). Observations likewise."""
+    gamma = 0.9
+    rewards, dones = [0.05, -0.02, 0.03, -0.04], [False, True, False, False]
+    normalizer = ppo.Normalizer((3,), 1, gamma, norm_obs=True, norm_reward=True)
+    running, returns, scaled = 0.0, [], []
+    for r, done in zip(rewards, dones, strict=True):
+        running = gamma * running + r
+        returns.append(running)
+        _, var, _ = pooled_with_prior(np.array(returns))
+        scaled.append(normalizer.reward(np.array([r]), np.array([done]))[0])
+        assert scaled[-1] == pytest.approx(np.clip(r / np.sqrt(var + 1e-8), -10, 10), rel=1e-9)
+        running = 0.0 if done else running
+    assert 4 < scaled[0] < 6
+    observations = np.random.default_rng(3).normal(size=(3, 1, 3))
+    for k, o in enumerate(observations):
+        mean, var, _ = pooled_with_prior(observations[: k + 1].reshape(-1, 3))
+        np.testing.assert_allclose(normalizer.obs(o), (o - mean) / np.sqrt(var + 1e-8), rtol=1e-9)
+
+
 def test_normalisation_statistics_are_those_of_training_and_survive_a_checkpoint_and_eval(
     tmp_path, monkeypatch, capsys
 ):
     """A short Pendulum-v1 run with --norm-obs --norm-reward: the checkpoint holds the pooled mean and variance
-    of every raw observation and every discounted return that training fed in; --eval normalises with exactly
-    those, frozen: the first observation its policy sees is (reset obs - mean) / sqrt(var + 1e-8)."""
+    of every raw observation and every discounted return that training fed in, with the documented prior;
+    --eval normalises with exactly those, frozen: the first observation its policy sees is
+    (reset obs - mean) / sqrt(var + 1e-8)."""
     fed = {"obs": [], "returns": []}
     real_update = ppo.update_mean_var
 
@@ -216,9 +248,10 @@ def test_normalisation_statistics_are_those_of_training_and_survive_a_checkpoint
     stats = ppo.load_checkpoint(str(run / "model.pt"))["normalizer"]
     for name in ("obs", "return"):
         seen = np.concatenate(fed[name if name == "obs" else "returns"])
-        assert stats[f"{name}_count"] == len(seen) and len(seen) > 500
-        np.testing.assert_allclose(stats[f"{name}_mean"].numpy(), seen.mean(0), rtol=1e-6)
-        np.testing.assert_allclose(stats[f"{name}_var"].numpy(), seen.var(0), rtol=1e-6)
+        mean, var, count = pooled_with_prior(seen)
+        assert stats[f"{name}_count"] == pytest.approx(count, rel=1e-12) and len(seen) > 500
+        np.testing.assert_allclose(stats[f"{name}_mean"].numpy(), mean, rtol=1e-6)
+        np.testing.assert_allclose(stats[f"{name}_var"].numpy(), var, rtol=1e-6)
 
     seen_by_policy = []
     real_act = ppo.Policy.act
@@ -364,6 +397,27 @@ def test_every_hyperparameter_of_the_loss_reaches_update(space):
                "norm_adv": False, "clip_vloss": False, "max_grad_norm": 2.0, "target_kl": 0.003,
                "update_epochs": 2, "num_minibatches": 2, "learning_rate": 0.01}  # fmt: skip
     assert_each_hyperparameter_changes_the_update(warmed_state(space), run_update, WIRING_ARGS, changes)
+
+
+def test_gae_takes_the_bool_arrays_gymnasium_returns_for_terminated_and_truncated():
+    batch = rollout_batch(2, T=6, N=3)
+    rewards, terminated, truncated = batch["rewards"], batch["terminated"], batch["truncated"]
+    values, next_values = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = ppo.gae(rewards, values, next_values, terminated, truncated, 0.9, 0.8)
+    assert terminated.any() and truncated.any()
+    for flags in ((terminated.bool(), truncated.bool()), (terminated.bool().numpy(), truncated.bool().numpy())):
+        assert torch.equal(ppo.gae(rewards, values, next_values, *flags, 0.9, 0.8), expected)
+
+
+def test_a_minibatch_of_one_step_is_refused_when_advantages_are_normalised(tmp_path, capsys):
+    """normalize() of one advantage is 0 / 0: with --norm-adv, minibatches of one step are bad input (exit 2, one
+    line naming --num-minibatches); with --no-norm-adv the same split trains."""
+    argv = ["--num-envs", "1", "--num-steps", "8", "--num-minibatches", "8", "--total-timesteps", "16"]
+    assert ppo.main([*argv, "--run-dir", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("ppo.py: error: --num-minibatches"), err
+    assert not (tmp_path / "refused").exists()
+    assert ppo.main([*argv, "--no-norm-adv", "--run-dir", str(tmp_path / "trains")]) == 0
 
 
 def test_the_minibatches_of_an_epoch_are_a_permutation_of_the_batch():
