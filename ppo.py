@@ -15,11 +15,12 @@ Objective and gradient, with the names used in the code (T = --num-steps steps o
     A_t        = delta_t + gamma*lambda * (1 - done_t) * A_{t+1}             gae(), with the critic before the update
     G^lam_t    = A_t + V(s_t)                                                the lambda-return: the critic's target
     ratio_t    = pi_theta(a_t|s_t) / pi_old(a_t|s_t) = exp(log_probs - old_log_probs)
-    L^CLIP     = -mean_t min( ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t )       policy_loss(), eps = clip_coef
+    L^CLIP     = mean_t min( ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t )    the paper's objective (maximised)
+    policy_loss = -L^CLIP                                       policy_loss(), the loss we minimise; eps = clip_coef
     L^V        = 1/2 mean_t (V_phi(s_t) - G^lam_t)^2, or with --clip-vloss          value_loss()
                  1/2 mean_t max( (V_phi - G^lam)^2, (V_old + clip(V_phi - V_old, -eps, eps) - G^lam)^2 )
-    L          = L^CLIP + vf_coef * L^V - ent_coef * mean_t H[pi(.|s_t)]        one minibatch's loss
-    grad L^CLIP at theta = theta_old  =  -mean_t grad log pi(a_t|s_t) A_t           the actor-critic gradient
+    L          = policy_loss + vf_coef * L^V - ent_coef * mean_t H[pi(.|s_t)]     one minibatch's loss
+    grad policy_loss at theta = theta_old  =  -mean_t grad log pi(a_t|s_t) A_t      the actor-critic gradient
 Per minibatch, A_t is normalised to mean 0 and std 1 (normalize(); --no-norm-adv turns it off).
 Why min(...) is a pessimistic bound: the clipped term and the unclipped one agree inside [1 - eps, 1 + eps];
 outside, min picks the smaller, so L^CLIP never credits the new policy with more improvement than the
@@ -29,17 +30,20 @@ gradient, which pulls the policy back. So the surrogate is a lower bound of the 
 What the clip does not do: bound how far the policy moves. Steps on the other samples, and the
 network's generalisation, still move every ratio; the diagnostics say how far: approx_kl(), the k3
 estimator mean_t (ratio_t - 1) - log ratio_t of KL(pi_old || pi_theta), unbiased and never negative,
-and clip_fraction(), the share of samples with |ratio_t - 1| > eps. --target-kl stops the epochs early
-once the approximate KL on a minibatch passes the target: a guard for when many epochs, a large step
-size or a small batch let the policy run away from the data it is being fitted to.
+and clip_fraction(), the share of samples with |ratio_t - 1| > eps, as CleanRL and Stable-Baselines3
+count it (it includes samples whose gradient the clip keeps, such as A_t > 0 with ratio_t < 1 - eps; the
+GRPO scripts' clip_fraction counts something else, the tokens whose gradient the clip zeroes).
+--target-kl stops the epochs early once the approximate KL on a minibatch passes the target: a guard for
+when many epochs, a large step size or a small batch let the policy run away from the data it is being
+fitted to.
 What changed since actor_critic.py: a rollout is used for --update-epochs epochs of --num-minibatches
 shuffled minibatches instead of one step; the policy loss is the clipped ratio surrogate instead of
 log pi * A (the two agree, value and gradient, at theta = theta_old); the log-probabilities of the acting
 policy are stored in the rollout; per-minibatch advantage normalisation; a learning rate that decays
 linearly to 0 over the budget (--no-anneal-lr keeps it constant); optional value clipping, running
-observation normalisation and reward scaling (their statistics travel in the checkpoint); the KL and
-clip-fraction diagnostics. Time limits bootstrap from V of the final
-observation exactly as in actor_critic.py.
+observation normalisation and reward scaling (rewards divided, not centred, by a running std of the
+discounted return; their statistics travel in the checkpoint); the KL and clip-fraction diagnostics.
+Time limits bootstrap from V of the final observation exactly as in actor_critic.py.
 What changed since trpo.py: TRPO maximises the unclipped surrogate mean_t ratio_t A_t subject to a hard
 constraint KL(pi_old || pi_theta) <= delta, which takes a natural-gradient direction (conjugate
 gradient on Fisher-vector products) and a line search. PPO drops the constraint and the second-order
@@ -83,8 +87,7 @@ class Args:
     seed: int = arg(1, "seeds Python, numpy, torch and the environments")
     total_timesteps: int = arg(100_000, "training budget in environment steps (all envs together)")
     learning_rate: float = arg(2.5e-3, "Adam step size of the actor and the critic")
-    # on by default: measured on CartPole-v1 (10 seeds, README), a similar median (19.4k vs 17.4k steps to solve), a
-    # better worst seed (30.0k vs 41.9k), and every seed still at 500 after 100k steps, where a constant rate drifts
+    # on by default: see the README's ablations
     anneal_lr: bool = arg(True, "decay the learning rate linearly to 0 over the budget (--no-anneal-lr: constant)")
     num_envs: int = arg(4, "N: environments stepped together (a Gymnasium SyncVectorEnv)")
     num_steps: int = arg(64, "T: steps of each env per rollout")
@@ -94,8 +97,7 @@ class Args:
     num_minibatches: int = arg(4, "minibatches per epoch; must divide N*T")
     norm_adv: bool = arg(True, "normalise the advantages of each minibatch to mean 0, std 1")
     clip_coef: float = arg(0.2, "eps: the ratio's clip range [1 - eps, 1 + eps] (and the value clip's)")
-    # off by default: measured on CartPole-v1 (10 seeds, README), clipping the critic's change more than doubled the
-    # median steps to solve at a constant learning rate (38.6k vs 17.4k): returns of ~100 need larger critic moves
+    # off by default: see the README's ablations
     clip_vloss: bool = arg(False, "clip the critic's change per rollout to +-clip_coef around its old values")
     ent_coef: float = arg(0.0, "weight of the entropy bonus in the loss")
     vf_coef: float = arg(0.5, "weight of the critic's loss in the joint loss")
@@ -103,7 +105,7 @@ class Args:
     target_kl: float = arg(0.0, "stop the epochs once a minibatch's approximate KL passes this (0 = off)")
     norm_obs: bool = arg(False, "normalise observations by running mean and std (saved with the model)")
     norm_reward: bool = arg(False, "scale rewards by the running std of the discounted return")
-    # separate by default, as in actor_critic.py (shared hidden layers needed ~3x the steps on CartPole-v1 there)
+    # separate by default, as in actor_critic.py (see the README)
     network: str = arg("separate", "actor and critic: separate MLPs, or shared hidden layers with two heads",
                        choices=("separate", "shared"))  # fmt: skip
     hidden_size: int = arg(64, "width of the two hidden layers")
@@ -277,8 +279,8 @@ def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 def policy_loss(
     log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, clip_coef: float
 ) -> torch.Tensor:
-    """The clipped surrogate L^CLIP = -mean_t min(ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t),
-    ratio_t = exp(log_probs - old_log_probs).
+    """-L^CLIP = -mean_t min(ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t), ratio_t = exp(log_probs -
+    old_log_probs): the paper's clipped surrogate is an objective to maximise; this is its negation, minimised.
 
     log_probs: [B] log pi_theta(a_t|s_t), with grad; old_log_probs: [B] log pi_old(a_t|s_t) of the policy
     that acted; advantages: [B] (both detached here); clip_coef: eps > 0. At log_probs = old_log_probs the
@@ -314,7 +316,8 @@ def approx_kl(log_probs: torch.Tensor, old_log_probs: torch.Tensor) -> torch.Ten
 
 
 def clip_fraction(log_probs: torch.Tensor, old_log_probs: torch.Tensor, clip_coef: float) -> torch.Tensor:
-    """The share of samples whose ratio lies outside [1 - eps, 1 + eps]. [B], [B] -> scalar."""
+    """The share of samples with |ratio_t - 1| > eps, whether or not the clip zeroes their gradient (CleanRL's
+    and Stable-Baselines3's count, not the GRPO scripts'). [B], [B] -> scalar."""
     return ((torch.exp(log_probs - old_log_probs) - 1.0).abs() > clip_coef).float().mean()
 
 
