@@ -417,8 +417,8 @@ class Run:
             elif error is None:
                 seconds, last_20 = time.time() - self.start, mean(self.returns[-20:])
                 self.summary = {"global_step": self.global_step, "episodes": len(self.returns), "seconds": seconds}
-                print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {seconds:.1f} s; mean return of "
-                      f"the last 20 episodes {last_20:.2f}; files in {self.dir}")  # fmt: skip
+                print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {seconds:.1f} s; mean return "
+                      f"of the last 20 episodes {last_20:.2f}; files in {self.dir}")  # fmt: skip
         finally:
             signal.signal(signal.SIGINT, signals[signal.SIGINT])
             signal.signal(signal.SIGTERM, self.previous_sigterm)
