@@ -1,14 +1,14 @@
 """Proximal policy optimisation (PPO-clip), with GAE(lambda) and time limits told apart from terminations.
 
-An actor-critic takes one gradient step per rollout and throws the rollout away: log pi(a|s) * A has the policy
-gradient only at the policy that collected the data. PPO reuses each rollout for K epochs of minibatch steps.
-After the first step the policy pi_theta is no longer pi_old, the one that acted, so each sample is weighted by
-the ratio pi_theta / pi_old (importance sampling), and a clip takes away any gain from moving the ratio past
-1 +- eps in the direction its advantage favours: there the term is constant and its gradient zero.
+An actor-critic takes one gradient step per rollout and throws it away: log pi(a|s) * A has the policy gradient
+only at the policy that collected the data. PPO reuses each rollout for K epochs of minibatch steps, weighting each
+sample by the ratio pi_theta / pi_old of the policy now to the one that acted (importance sampling), and clipping
+away any gain from moving a ratio past 1 +- eps in the direction its advantage favours.
 
 Objective and gradient, with the names used in the code (T = --num-steps steps of N = --num-envs envs):
     J(theta)    = E_tau[ sum_t gamma^t r_t ]
-    A_t, G^lam_t  as in actor_critic.py: gae() on the TD errors, G^lam_t = A_t + V(s_t), the critic before the update
+    A_t         = gae(): GAE(lambda) of the TD errors, as in actor_critic.py; G^lam_t = A_t + V(s_t), the critic's
+                  target; both from the critic as it was before the update
     ratio_t     = pi_theta(a_t|s_t) / pi_old(a_t|s_t) = exp(log_probs - old_log_probs)
     L^CLIP      = mean_t min( ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t )   the paper's objective, maximised
     policy_loss = -L^CLIP                                                          what we minimise; eps = clip_coef
@@ -16,22 +16,22 @@ Objective and gradient, with the names used in the code (T = --num-steps steps o
                   1/2 mean_t max( (V_phi - G^lam)^2, (V_old + clip(V_phi - V_old, -eps, eps) - G^lam)^2 )
     L           = policy_loss + vf_coef * value_loss - ent_coef * mean_t H[pi(.|s_t)]   one minibatch's loss
     grad policy_loss at theta = theta_old  =  -mean_t grad log pi(a_t|s_t) A_t        the actor-critic gradient
-Per minibatch, A_t is normalised to mean 0 and std 1 (normalize(); --no-norm-adv turns it off). min(...) is
-pessimistic: where the ratio moved the wrong way (A_t > 0 with ratio_t < 1 - eps, or A_t < 0 with ratio_t > 1 + eps)
-it keeps the unclipped, worse term and its gradient, which pulls the policy back. The clip does not bound how far
-the policy moves; the diagnostics say how far: approx_kl(), the k3 estimator mean_t (ratio_t - 1) - log ratio_t of
-KL(pi_old || pi_theta) (unbiased, never negative), and clip_fraction(), the share of samples with
-|ratio_t - 1| > eps, as CleanRL and Stable-Baselines3 count it (the GRPO scripts' clip_fraction counts something
-else: the tokens whose gradient the clip zeroes). --target-kl stops the epochs once a minibatch's KL passes it.
---norm-obs divides observations by their running std after centring; --norm-reward divides rewards (it does not
-centre them, so their mean is not kept) by the running std of each env's discounted return R <- gamma R + r. Both
-statistics start as Stable-Baselines3's RunningMeanStd: mean 0, variance 1, count 1e-4, and travel in the checkpoint.
+A_t is normalised per minibatch (normalize(); --no-norm-adv: off). min(...) is pessimistic: where a ratio moved the
+wrong way (A_t > 0 with ratio_t < 1 - eps, or A_t < 0 with ratio_t > 1 + eps) it keeps the unclipped, worse term
+and its gradient, which pulls the policy back. The clip does not bound how far the policy moves; the diagnostics
+say how far: approx_kl(), the k3 estimator of KL(pi_old || pi_theta), and clip_fraction(), the share of samples
+with |ratio_t - 1| > eps, as CleanRL and Stable-Baselines3 count it (the GRPO scripts' clip_fraction counts the
+tokens whose gradient the clip zeroes). --target-kl ends the epochs once a minibatch's KL passes it.
+Normalisation (Normalizer): --norm-obs centres observations and divides them by their running std; --norm-reward
+divides rewards (without centring: their mean is not kept) by the running std of each env's discounted return
+R <- gamma R + r. The statistics start as Stable-Baselines3's RunningMeanStd (mean 0, variance 1, count 1e-4) and
+travel in the checkpoint.
 What changed since actor_critic.py: K epochs of shuffled minibatches per rollout instead of one step; the clipped
 ratio surrogate instead of log pi * A (value and gradient agree at theta = theta_old), with the acting policy's
 log-probabilities stored in the rollout; advantage normalisation; a learning rate that decays linearly to 0
-(--no-anneal-lr keeps it); optional value clipping and observation and reward normalisation; KL diagnostics.
-What changed since trpo.py: no hard KL constraint, natural gradient or line search; a clip that makes moving
-further worthless to the objective, and first-order Adam steps. A stand-in for the trust region, not one.
+(--no-anneal-lr keeps it); optional value clipping and normalisation; KL diagnostics.
+What changed since trpo.py: no hard KL constraint, natural gradient or line search, but a clip that makes moving
+further worthless to the objective, and first-order Adam steps: a stand-in for the trust region, not one.
 References: Schulman et al. 2017 (PPO), 2016 (GAE), 2015 (TRPO); Engstrom et al. 2020; Andrychowicz et al. 2021;
 Huang et al. 2022 ("The 37 implementation details of PPO"); Pardo et al. 2018 (time limits).
 Run:  python ppo.py --help
@@ -200,9 +200,8 @@ def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 def policy_loss(log_probs, old_log_probs, advantages, clip_coef: float) -> torch.Tensor:
     """-L^CLIP = -mean_t min(ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t), ratio_t = exp(log_probs -
-    old_log_probs): the negation of the paper's objective, to minimise. log_probs [B] with grad; old_log_probs
-    (of the policy that acted) and advantages [B], both detached here. At log_probs = old_log_probs its gradient
-    is that of actor_critic.py's policy_loss, -mean_t grad log pi(a_t|s_t) A_t. -> scalar."""
+    old_log_probs), to minimise. log_probs [B] with grad; old_log_probs (of the policy that acted) and advantages
+    [B], both detached here. At log_probs = old_log_probs its gradient is -mean_t grad log pi(a_t|s_t) A_t."""
     ratio = torch.exp(log_probs - old_log_probs.detach())
     advantages = advantages.detach()
     clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef)
@@ -250,11 +249,10 @@ def update_mean_var(mean, var, count: float, batch):
 
 
 class Normalizer:
-    """--norm-obs: obs -> clip((obs - mean) / sqrt(var + 1e-8), -10, 10) with the running statistics of every
-    observation seen in training; --norm-reward: r -> clip(r / sqrt(var + 1e-8), -10, 10) with those of every env's
-    running discounted return (R <- gamma R + r, 0 at an episode's start). Statistics start at mean 0, variance 1,
-    count 1e-4 (Stable-Baselines3's RunningMeanStd), so a first step is not divided by a variance of 0. --eval
-    loads them and keeps them fixed. A flag off: the identity. Host-side numpy, between Gymnasium and the policy."""
+    """--norm-obs: obs -> clip((obs - mean) / sqrt(var + 1e-8), -10, 10), the statistics of every observation seen
+    in training; --norm-reward: r -> clip(r / sqrt(var + 1e-8), -10, 10), those of every env's running discounted
+    return (R <- gamma R + r, 0 at an episode's start). Both start at mean 0, variance 1, count 1e-4, so a first step
+    is not divided by a variance of 0. --eval keeps them fixed. A flag off: the identity. Host-side numpy."""
 
     def __init__(self, obs_shape, num_envs: int, gamma: float, norm_obs: bool, norm_reward: bool):
         self.norm_obs, self.norm_reward, self.gamma = norm_obs, norm_reward, gamma
@@ -267,9 +265,8 @@ class Normalizer:
         if not self.norm_obs:
             return raw
         if update:
-            self.obs_mean, self.obs_var, self.obs_count = update_mean_var(
-                self.obs_mean, self.obs_var, self.obs_count, raw
-            )
+            stats = update_mean_var(self.obs_mean, self.obs_var, self.obs_count, raw)
+            self.obs_mean, self.obs_var, self.obs_count = stats
         return np.clip((raw - self.obs_mean) / np.sqrt(self.obs_var + 1e-8), -10.0, 10.0).astype(raw.dtype)
 
     def reward(self, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
@@ -420,7 +417,7 @@ def train(args: Args) -> dict[str, float]:
     policy = Policy(obs_dim, envs.single_action_space, args.hidden_size).to(device)
     value_net = ValueNet(obs_dim, args.hidden_size, shared_with=policy if args.network == "shared" else None).to(device)
     params = list({id(p): p for net in (policy, value_net) for p in net.parameters()}.values())  # shared ones once
-    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=True)  # fused: one kernel per step
     normalizer = Normalizer((obs_dim,), args.num_envs, args.gamma, args.norm_obs, args.norm_reward)
     num_updates = math.ceil(args.total_timesteps / (args.num_envs * args.num_steps))
     obs, _ = envs.reset(seed=args.seed)  # env i gets seed + i; later resets continue each env's own generator
