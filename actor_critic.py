@@ -457,20 +457,22 @@ def load_checkpoint(path: str) -> dict:
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
     if not isinstance(state, dict) or state.get("algo") != ALGO:
         raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
+    names, parts = {f.name for f in fields(Args)}, ("args", "spaces", "global_step", "policy")
+    if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
+        raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
     try:
         validate(Args(**state["args"]))
-        state["spaces"], state["global_step"], state["policy"]  # noqa: B018  present, or KeyError
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is not a complete checkpoint of this {ALGO}.py ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
     if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
         raise ValueError(f"{path} holds non-finite weights")
     return state
 
 
-def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple[float, float]:
-    """Run a saved policy greedily for `episodes` episodes on env_id (default: the env it was trained on, and
-    another must have the same spaces); return (mean, std) of the returns."""
+def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple:
+    """Run a saved policy greedily for `episodes` episodes on env_id (default: the env it was trained on; another
+    must have the same spaces); return (mean, std) of the returns and the env's id."""
     state = load_checkpoint(path)
     args = Args(**{**state["args"], "seed": seed, "device": device_name})
     env = make_env(env_id or args.env_id)
@@ -492,7 +494,7 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env
             steps, total, done = steps + 1, total + float(reward), terminated or truncated
             check_finite(obs, reward, steps)  # the environment's fault, named as in training
         returns.append(total)
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), env_id or args.env_id
 
 
 def validate(args: Args) -> None:
@@ -531,8 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         if args.eval:  # on the checkpoint's env, unless --env-id names another one with the same spaces
             env_id = args.env_id if any(a.split("=")[0] == "--env-id" for a in argv) else ""
-            mean_return, std = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
-            env_id = env_id or load_checkpoint(args.eval)["args"]["env_id"]
+            mean_return, std, env_id = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
             print(
                 f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f} ({args.eval_episodes} ep.)"
             )
