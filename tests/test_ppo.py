@@ -10,6 +10,7 @@ objective, against the exact expectation of the gradient of ppo.py's own policy_
 """
 
 import copy
+import dataclasses
 
 import gymnasium as gym
 import numpy as np
@@ -26,10 +27,12 @@ from exact import (
     trajectory_log_probs,
     true_grad,
 )
+from processes import on_two_processes
 from runs import eval_mean_return, short_run_improves
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
+    flat_parameters,
     optimiser_step,
     rollout_batch,
 )
@@ -422,6 +425,51 @@ def test_a_minibatch_of_one_step_is_refused_when_advantages_are_normalised(tmp_p
     assert len(err.strip().splitlines()) == 1 and err.startswith("ppo.py: error: --num-minibatches"), err
     assert not (tmp_path / "refused").exists()
     assert ppo.main([*argv, "--no-norm-adv", "--run-dir", str(tmp_path / "trains")]) == 0
+
+
+TWO_PROCESS_ARGS = dataclasses.replace(WIRING_ARGS, num_envs=4, num_minibatches=1)  # a minibatch: the union
+
+
+def update_on_a_share(rank: int, state: tuple) -> tuple[torch.Tensor, dict]:
+    """On process `rank` of 2: update() of state (warmed up on one process) on this process's 2 of the 4 envs."""
+    state = copy.deepcopy(state)  # the processes received the tensors in shared memory: step a private copy
+    batch = {k: v[:, 2 * rank : 2 * rank + 2] for k, v in fixed_batch(state[0], N=4).items()}
+    stats = ppo.update(*state, batch, TWO_PROCESS_ARGS, torch.Generator().manual_seed(4))
+    return flat_parameters(state), stats
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_update_on_two_processes_is_the_update_of_one_on_their_union(space):
+    """torchrun's split: each process has 2 of the 4 envs, and with one minibatch per epoch a minibatch is the
+    union of the processes' halves: the same parameters (averaged gradients, advantages normalised over the union)
+    and the same logged statistics as one process on all 4 envs (but the explained variance: rank 0's share's, as
+    in actor_critic.py)."""
+    state = warmed_state(space)
+    shares = on_two_processes(update_on_a_share, state)
+    stats = ppo.update(*state, fixed_batch(state[0], N=4), TWO_PROCESS_ARGS, torch.Generator().manual_seed(4))
+    for parameters, stats_of_share in shares:
+        assert_close(parameters, flat_parameters(state), rtol=1e-12)
+        del stats_of_share["explained_variance"]
+        assert stats_of_share == pytest.approx({k: v for k, v in stats.items() if k != "explained_variance"}, rel=1e-9)
+
+
+def normalise_a_share(rank: int) -> dict:
+    """On process `rank` of 2 (or of 1 if rank is None): a Normalizer fed its envs' part of 6 steps of 4 envs."""
+    envs = slice(None) if rank is None else slice(2 * rank, 2 * rank + 2)
+    normalizer = ppo.Normalizer((3,), 4 if rank is None else 2, 0.9, norm_obs=True, norm_reward=True)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        obs, rewards, done = rng.normal(size=(4, 3)), rng.normal(size=4), rng.random(4) < 0.3
+        normalizer.obs(obs[envs])
+        normalizer.reward(rewards[envs], done[envs])
+    return normalizer.state_dict()
+
+
+def test_the_normaliser_on_two_processes_has_the_statistics_of_all_envs():
+    one = normalise_a_share(None)
+    for two in on_two_processes(normalise_a_share):
+        for k in one:
+            assert_close(two[k], one[k], rtol=1e-12)
 
 
 def test_the_minibatches_of_an_epoch_are_a_permutation_of_the_batch():
