@@ -7,8 +7,9 @@ away any gain from moving a ratio past 1 +- eps in the direction its advantage f
 
 Objective and gradient, with the names used in the code (T = --num-steps steps of N = --num-envs envs):
     J(theta)    = E_tau[ sum_t gamma^t r_t ]
-    A_t         = gae(): GAE(lambda) of the TD errors, as in actor_critic.py; G^lam_t = A_t + V(s_t), the critic's
-                  target; both from the critic as it was before the update
+    delta_t     = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)         TD error; s'_t the true next state
+    A_t         = delta_t + gamma*lambda * (1 - done_t) * A_{t+1}             gae(), with the critic before the update
+    G^lam_t     = A_t + V(s_t)                                                the lambda-return: the critic's target
     ratio_t     = pi_theta(a_t|s_t) / pi_old(a_t|s_t) = exp(log_probs - old_log_probs)
     L^CLIP      = mean_t min( ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t )   the paper's objective, maximised
     policy_loss = -L^CLIP                                                          what we minimise; eps = clip_coef
@@ -101,13 +102,11 @@ class Args:
         """Constraints that no single range expresses: the envs split over torchrun's processes, the minibatches
         split each process's batch, and normalize() needs at least two advantages in a minibatch."""
         world, n = share()[1], self.num_minibatches
-        batch = self.num_envs // world * self.num_steps  # one process's
+        batch = self.num_envs // world * self.num_steps  # each process's batch
         if self.num_envs % world:
             return [f"--num-envs {self.num_envs} must split evenly over {world} processes"]
         if batch % n:
-            return [
-                f"--num-minibatches must divide the {batch} steps of --num-envs x --num-steps per process (got {n})"
-            ]
+            return [f"--num-minibatches must divide --num-envs x --num-steps = {batch} steps per process (got {n})"]
         if self.norm_adv and batch * world < 2 * n:
             return [f"--num-minibatches {n} makes minibatches of one step; --norm-adv needs 2 (or --no-norm-adv)"]
         return []
