@@ -22,6 +22,10 @@ Three facts make g a good estimator, and tests/test_reinforce.py proves each one
       mean   b_t = the mean of G_t over the *other* episodes of the batch at the same time step t
              (leave-one-out). Including the episode itself would make b_t depend on a_t: with whole
              returns the expectation shrinks to exactly (N-1)/N grad J. Leaving it out keeps g unbiased;
+      moving b_t = an exponentially weighted moving average, across updates, of the batch's mean G_t at
+             time step t (MovingBaseline; 0 at a time step no batch has reached yet; the first batch to
+             reach t sets it, later ones move it: b_t <- decay * b_t + (1 - decay) * mean_t). update()
+             reads it before folding this batch in, so b_t is built from earlier batches only;
       value  b_t = V_phi(s_t), a value network regressed on G_t (value_loss()), evaluated before
              it is updated on this batch, so it never saw these returns.
   * the discount: the exact gradient of the discounted J carries gamma^t. Like nearly every
@@ -79,7 +83,10 @@ class Args:
     learning_rate: float = arg(3e-3, "Adam step size of the policy")
     episodes_per_batch: int = arg(8, "N: episodes per policy update (played at once)")
     gamma: float = arg(0.99, "discount factor in [0, 1]")
-    baseline: str = arg("value", "b_t: none | mean (leave-one-out) | value", choices=("none", "mean", "value"))
+    baseline: str = arg(
+        "value", "b_t: none | mean (leave-one-out) | moving | value", choices=("none", "mean", "moving", "value")
+    )
+    baseline_decay: float = arg(0.9, "decay in [0, 1) of the moving average of --baseline moving")
     value_learning_rate: float = arg(1e-2, "Adam step size of the value network (--baseline value)")
     value_iters: int = arg(20, "full-batch value regression steps per update (--baseline value)")
     hidden_size: int = arg(64, "width of the two hidden layers")
@@ -103,6 +110,7 @@ def validate(args: Args) -> None:
         (args.episodes_per_batch >= 1, f"--episodes-per-batch must be >= 1 (got {args.episodes_per_batch})"),
         (0.0 <= args.gamma <= 1.0, f"--gamma must be in [0, 1] (got {args.gamma})"),
         (args.baseline != "mean" or args.episodes_per_batch >= 2, "--baseline mean needs --episodes-per-batch >= 2"),
+        (0.0 <= args.baseline_decay < 1.0, f"--baseline-decay must be in [0, 1) (got {args.baseline_decay})"),
         (args.value_iters >= 1, f"--value-iters must be >= 1 (got {args.value_iters})"),
         (args.hidden_size >= 1, f"--hidden-size must be >= 1 (got {args.hidden_size})"),
         (args.max_grad_norm >= 0, f"--max-grad-norm must be >= 0 (got {args.max_grad_norm})"),
@@ -192,15 +200,26 @@ class ValueNet(nn.Module):
 def returns_to_go(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> torch.Tensor:
     """G_t = r_t + gamma * G_{t+1}, restarting at every episode end; no bootstrap past an end.
 
-    rewards, dones: [T], a batch of whole episodes laid end to end, dones[t] = 1 at the last step of
-    an episode (terminated or cut by a time limit alike). Returns G: [T].
+    rewards, dones (float or bool): [T], whole episodes laid end to end, or [T, N], N envs side by side;
+    dones[t] = 1 at the last step of an episode (terminated or cut by a time limit alike). Returns G, shaped
+    as rewards, on its device. Instead of T sequential steps, log2(T) whole-tensor passes: after the pass
+    with span s, G_t sums the rewards of steps t .. t + 2s - 1, each discounted to t, and reach_t is the
+    discount by which G_{t + 2s} would join it (0 past an episode's end).
     """
-    r, d = rewards.tolist(), dones.tolist()  # a loop over Python floats: much faster than over tensor elements
-    G, running = [0.0] * len(r), 0.0
-    for t in reversed(range(len(r))):
-        running = r[t] + gamma * running * (1.0 - d[t])
-        G[t] = running
-    return torch.tensor(G, dtype=rewards.dtype, device=rewards.device)
+    G, reach = rewards.clone(), gamma * (1.0 - dones.to(rewards.dtype))
+    span = 1
+    while span < len(G):
+        G[:-span] = G[:-span] + reach[:-span] * G[span:]
+        reach[:-span] = reach[:-span] * reach[span:]
+        span *= 2
+    return G
+
+
+def per_step_sums(returns: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each time step t = 0 .. max(timesteps): the sum of the returns-to-go at t, and how many episodes
+    reached t. returns: [T], timesteps: [T] long, step index within its episode. Returns two [max + 1]."""
+    zeros = returns.new_zeros(int(timesteps.max()) + 1)
+    return zeros.index_add(0, timesteps, returns), zeros.index_add(0, timesteps, torch.ones_like(returns))
 
 
 def leave_one_out_baseline(returns: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -210,13 +229,32 @@ def leave_one_out_baseline(returns: torch.Tensor, timesteps: torch.Tensor) -> to
     returns: [T] returns-to-go of a batch of episodes; timesteps: [T] long, step index within its
     episode (each episode holds each t at most once). Returns b: [T].
     """
-    n_t = int(timesteps.max()) + 1
-    total = torch.zeros(n_t, dtype=returns.dtype, device=returns.device).index_add_(0, timesteps, returns)
-    count = torch.zeros(n_t, dtype=returns.dtype, device=returns.device).index_add_(
-        0, timesteps, torch.ones_like(returns)
-    )
+    total, count = per_step_sums(returns, timesteps)
     others = count[timesteps] - 1
     return torch.where(others > 0, (total[timesteps] - returns) / others.clamp(min=1), torch.zeros_like(returns))
+
+
+class MovingBaseline(nn.Module):
+    """b_t: per time step t, an exponentially weighted moving average across updates of the batch's mean
+    return-to-go at t; 0 at time steps no batch has reached. Read it (forward), then fold_in() the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("averages", torch.zeros(0))  # one per time step reached so far: always t = 0 .. L-1
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """timesteps: [T] long -> b: [T]."""
+        unseen = self.averages.new_zeros(max(0, int(timesteps.max()) + 1 - len(self.averages)))
+        return torch.cat([self.averages, unseen])[timesteps]
+
+    @torch.no_grad()
+    def fold_in(self, returns: torch.Tensor, timesteps: torch.Tensor, decay: float) -> None:
+        """b_t <- decay * b_t + (1 - decay) * mean_t for the time steps the batch reached (mean_t itself where
+        b_t was unseen); time steps it did not reach keep their average. returns, timesteps: [T]."""
+        total, count = per_step_sums(returns.to(self.averages.dtype), timesteps)
+        means, seen = total / count, min(len(total), len(self.averages))
+        means[:seen] = decay * self.averages[:seen] + (1 - decay) * means[:seen]
+        self.averages = torch.cat([means, self.averages[len(means) :]])
 
 
 def policy_loss(log_probs: torch.Tensor, advantages: torch.Tensor, num_episodes: int) -> torch.Tensor:
@@ -302,17 +340,22 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
 # ----------------------------------------------------------------------------------------------
 # Update
 # ----------------------------------------------------------------------------------------------
-def update(policy, value_net, optimizer, value_optimizer, batch, args: Args) -> dict[str, float]:
-    """One policy-gradient step on a batch of N episodes; then (baseline value) fit V to G."""
+def update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch, args: Args) -> dict[str, float]:
+    """One policy-gradient step on a batch of N episodes; then fit V to G (--baseline value), or fold G into
+    the moving average (--baseline moving). value_net, value_optimizer, moving_baseline: None when unused."""
     G = returns_to_go(batch["rewards"], batch["dones"], args.gamma)
     stats = {"value_loss": float("nan"), "explained_variance": float("nan")}
     if args.baseline == "none":
         baseline = torch.zeros_like(G)
     elif args.baseline == "mean":
         baseline = leave_one_out_baseline(G, batch["timesteps"])
+    elif args.baseline == "moving":
+        baseline = moving_baseline(batch["timesteps"])  # earlier batches only: b_t independent of a_t
+        moving_baseline.fold_in(G, batch["timesteps"], args.baseline_decay)
     else:
         with torch.no_grad():
             baseline = value_net(batch["obs"])  # V before it sees these returns: b_t independent of a_t
+    if args.baseline in ("moving", "value"):
         stats["explained_variance"] = explained_variance(baseline, G)
     advantages = G - baseline
 
@@ -430,6 +473,7 @@ def train(args: Args) -> dict[str, float]:
     if args.baseline == "value":
         value_net = ValueNet(obs_dim, args.hidden_size).to(device)
         value_optimizer = torch.optim.Adam(value_net.parameters(), lr=args.value_learning_rate)
+    moving_baseline = MovingBaseline().to(device) if args.baseline == "moving" else None
 
     run_dir = args.run_dir or f"runs/reinforce__{args.env_id}__{args.seed}__{int(start)}"
     model_path = os.path.join(run_dir, "model.pt")
@@ -459,7 +503,7 @@ def train(args: Args) -> dict[str, float]:
             try:
                 batch = rollout(envs, policy, device, on_episode_end)
                 global_step += len(batch["rewards"])
-                stats = update(policy, value_net, optimizer, value_optimizer, batch, args)
+                stats = update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch, args)
             except FloatingPointError as e:  # keep the last checkpoint, which was saved with finite weights
                 if isinstance(e, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
                     what, steps_so_far = e.args
