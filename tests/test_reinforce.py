@@ -293,34 +293,25 @@ def test_rollout_lays_out_whole_episodes_including_truncated_ones():
 # ----------------------------------------------------------------------------------------------
 # e. The Gaussian policy's log-probability and entropy
 # ----------------------------------------------------------------------------------------------
-def test_gaussian_log_prob_and_entropy_closed_forms():
-    g = torch.Generator().manual_seed(0)
-    mean, log_std, action = (
-        torch.randn(5, 3, generator=g, dtype=F64),
-        torch.randn(3, generator=g, dtype=F64),
-        torch.randn(5, 3, generator=g, dtype=F64),
-    )
-    for i in range(5):
-        closed = sum(
-            -((action[i, d] - mean[i, d]) ** 2) / (2 * math.exp(2 * log_std[d]))
-            - log_std[d]
-            - 0.5 * math.log(2 * math.pi)
-            for d in range(3)
-        )
-        assert abs(float(reinforce.gaussian_log_prob(mean, log_std, action)[i] - closed)) < 1e-12
+def test_gaussian_policy_log_prob_entropy_and_their_gradients_closed_forms():
+    """Box actions: log N(a; mean, diag(exp(log_std))^2) summed over the action's dims, its entropy
+    sum_d (1/2 log(2 pi e) + log_std_d), and their gradients in log_std, z^2 - 1 and 1 (z = (a - mean) / std)."""
+    torch.manual_seed(0)
+    policy = reinforce.Policy(4, gym.spaces.Box(-1.0, 1.0, (3,)), 8).to(F64)
+    with torch.no_grad():
+        policy.log_std.copy_(torch.randn(3, dtype=F64))
+    obs, action = torch.randn(5, 4, dtype=F64), torch.randn(5, 3, dtype=F64)
+    log_prob, entropy = policy.log_prob_entropy(obs, action)
+    mean, log_std = policy.net(obs).detach(), policy.log_std.detach()
+    z = (action - mean) / log_std.exp()
+    closed = (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    assert_close(log_prob, closed, rtol=1e-12)
     closed_entropy = sum(0.5 * math.log(2 * math.pi * math.e * math.exp(2 * s)) for s in log_std.tolist())
-    assert abs(float(reinforce.gaussian_entropy(log_std)) - closed_entropy) < 1e-12
-    normal = torch.distributions.Normal(mean, log_std.exp())
-    assert_close(reinforce.gaussian_log_prob(mean, log_std, action), normal.log_prob(action).sum(-1), rtol=1e-12)
-
-
-def test_gaussian_gradients():
-    g = torch.Generator().manual_seed(1)
-    mean, log_std, action = (
-        torch.randn(*s, generator=g, dtype=F64).requires_grad_(True) for s in [(4, 2), (2,), (4, 2)]
+    assert_close(entropy, torch.full((5,), closed_entropy, dtype=F64), rtol=1e-12)
+    assert_close(
+        torch.autograd.grad(log_prob.sum(), policy.log_std, retain_graph=True)[0], (z**2 - 1).sum(0), rtol=1e-12
     )
-    assert torch.autograd.gradcheck(reinforce.gaussian_log_prob, (mean, log_std, action))
-    assert torch.autograd.gradcheck(reinforce.gaussian_entropy, (log_std,))
+    assert_close(torch.autograd.grad(entropy.sum(), policy.log_std)[0], torch.full((3,), 5.0, dtype=F64), rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------
