@@ -331,18 +331,17 @@ def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
 
 
 def test_every_update_applies_the_constant_learning_rates(tmp_path, monkeypatch):
-    """The documented schedule is constant: each step of each optimiser update() uses applies --learning-rate
-    (policy) and --value-learning-rate (value network), read from the optimiser when it steps."""
-    applied = {"policy": [], "value": []}
-    original_update = reinforce.update
+    """The documented schedule is constant: each update steps the policy's Adam once at --learning-rate and the
+    value network's --value-iters times at --value-learning-rate, read from the optimisers update() is given, as
+    they step, and each optimiser holds exactly its network's parameters."""
+    original_update, lrs = reinforce.update, {"policy": [], "value": []}
 
     def recording_update(policy, value_net, optimizer, value_optimizer, *rest):
-        hooks = [
-            opt.register_step_pre_hook(
-                lambda o, a, k, name=name: applied[name].append([g["lr"] for g in o.param_groups])
-            )
-            for name, opt in (("policy", optimizer), ("value", value_optimizer))
-        ]
+        hooks = []
+        for name, net, opt in (("policy", policy, optimizer), ("value", value_net, value_optimizer)):
+            assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
+            record = lambda o, *_, name=name: lrs[name].append([g["lr"] for g in o.param_groups])  # noqa: E731
+            hooks.append(opt.register_step_pre_hook(record))
         try:
             return original_update(policy, value_net, optimizer, value_optimizer, *rest)
         finally:
@@ -350,19 +349,10 @@ def test_every_update_applies_the_constant_learning_rates(tmp_path, monkeypatch)
                 hook.remove()
 
     monkeypatch.setattr(reinforce, "update", recording_update)
-    argv = [
-        "--total-timesteps",
-        "600",
-        "--learning-rate",
-        "0.002",
-        "--value-learning-rate",
-        "0.03",
-        "--value-iters",
-        "2",
-    ]
+    argv = "--total-timesteps 600 --learning-rate 0.002 --value-learning-rate 0.03 --value-iters 2".split()
     assert reinforce.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
     updates = len(read_csv(tmp_path / "run" / "metrics.csv"))
-    assert updates >= 2 and applied["policy"] == [[0.002]] * updates and applied["value"] == [[0.03]] * 2 * updates
+    assert updates >= 2 and lrs == {"policy": [[0.002]] * updates, "value": [[0.03]] * 2 * updates}
 
 
 @pytest.mark.parametrize("value", ["1.0", "-0.1", "nan"])
