@@ -223,7 +223,7 @@ def value_loss(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
-    """1 - Var[G - V] / Var[G]: 1 is a perfect critic, 0 no better than a constant, < 0 worse."""
+    """1 - Var[G - b] / Var[G]: 1 is a perfect baseline (or critic), 0 no better than a constant, < 0 worse."""
     var = returns.var(unbiased=False)
     return float("nan") if var == 0 else float(1 - (returns - values).var(unbiased=False) / var)
 
@@ -245,7 +245,7 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
     counting the steps of all envs in this rollout. A NaN or infinite observation or reward raises
     EnvironmentNotFinite.
     """
-    steps = [{"obs": [], "actions": [], "rewards": []} for _ in envs]
+    steps = [{"obs": [], "actions": [], "rewards": [], "dones": [], "timesteps": []} for _ in envs]
     obs = [env.reset()[0] for env in envs]  # each env continues its own seeded generator
     check_finite(obs, 0.0, 0)  # reset() returns no reward
     running, steps_so_far = list(range(len(envs))), 0
@@ -256,19 +256,16 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
             next_obs, reward, terminated, truncated, _ = envs[i].step(env_action(action, envs[i].action_space))
             steps_so_far += 1
             check_finite(next_obs, reward, steps_so_far)
-            for key, value in (("obs", obs[i]), ("actions", action), ("rewards", float(reward))):
+            done, t = terminated or truncated, len(steps[i]["rewards"])
+            for key, value in zip(steps[i], (obs[i], action, float(reward), done, t), strict=True):
                 steps[i][key].append(value)
             obs[i] = next_obs
-            if terminated or truncated:
+            if done:
                 on_episode_end(sum(steps[i]["rewards"]), len(steps[i]["rewards"]), steps_so_far)
             else:
                 still_running.append(i)
         running = still_running
-    lengths = [len(s["rewards"]) for s in steps]
-    batch = {k: np.concatenate([np.stack(s[k]) for s in steps]) for k in ("obs", "actions", "rewards")}
-    batch["dones"] = np.concatenate([np.arange(n) == n - 1 for n in lengths])
-    batch["timesteps"] = np.concatenate([np.arange(n) for n in lengths])
-    batch = {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
+    batch = {k: torch.as_tensor(np.concatenate([np.stack(s[k]) for s in steps]), device=device) for k in steps[0]}
     for k in ("obs", "rewards", "dones"):
         batch[k] = batch[k].float()
     return batch
