@@ -323,10 +323,16 @@ def train(args: Args) -> dict[str, float]:
     obs_dim = envs[0].observation_space.shape[0]
     policy = Policy(obs_dim, envs[0].action_space, args.hidden_size).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
-    value_net = ValueNet(obs_dim, args.hidden_size).to(device) if args.baseline == "value" else None
-    value_optimizer = value_net and torch.optim.Adam(value_net.parameters(), lr=args.value_learning_rate)
-    moving_baseline = MovingBaseline().to(device) if args.baseline == "moving" else None
-    checkpoint = lambda: {"policy": policy.state_dict(), "value": value_net and value_net.state_dict()}  # noqa: E731
+    value_net = value_optimizer = moving_baseline = None
+    if args.baseline == "value":
+        value_net = ValueNet(obs_dim, args.hidden_size).to(device)
+        value_optimizer = torch.optim.Adam(value_net.parameters(), lr=args.value_learning_rate)
+    elif args.baseline == "moving":
+        moving_baseline = MovingBaseline().to(device)
+
+    def checkpoint() -> dict:  # what model.pt holds besides the args, the spaces and the step
+        return {"policy": policy.state_dict(), "value": value_net.state_dict() if value_net else None}
+
     with Run(args, envs[0], checkpoint) as run:
         while run.global_step < args.total_timesteps:
             batch = rollout(envs, policy, device, run.on_episode_end)

@@ -94,7 +94,7 @@ def test_whole_return_needs_no_gamma_t_factor():
 
 
 # ----------------------------------------------------------------------------------------------
-# b. Batch-mean baselines
+# b. Baselines: the batch mean (with and without the episode itself) and a moving average of earlier batches
 # ----------------------------------------------------------------------------------------------
 def batch_estimator_mean(mdp, theta, n, advantages_of_batch):
     """-E[grad policy_loss] over every batch of n independent episodes."""
@@ -369,7 +369,7 @@ def test_pendulum_gaussian_path_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# g. Wiring: update() is one step on policy_loss with the baseline of the networks before the update
+# g. Wiring: update() is one step on policy_loss with the baseline as it was before this batch
 # ----------------------------------------------------------------------------------------------
 WIRING_ARGS = reinforce.Args(
     gamma=0.9, episodes_per_batch=3, value_iters=3, hidden_size=8, max_grad_norm=0.5, baseline_decay=0.6
