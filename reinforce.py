@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass, field, fields
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 
@@ -90,10 +91,13 @@ class Args:
     eval_episodes: int = arg(10, "episodes for --eval", at_least=1)
 
     def problems(self) -> list[str]:
-        """Constraints between hyperparameters that no single range expresses."""
+        """Constraints between hyperparameters (and torchrun's processes) that no single range expresses."""
+        problems = ["reinforce.py runs as one process: not under torchrun"] if share()[1] > 1 else []
         if self.baseline == "mean" and self.episodes_per_batch < 2:
-            return ["--baseline mean needs --episodes-per-batch >= 2 (it leaves each episode out of its own b_t)"]
-        return []
+            problems.append(
+                "--baseline mean needs --episodes-per-batch >= 2 (it leaves each episode out of its own b_t)"
+            )
+        return problems
 
 
 # ---- Networks -------------------------------------------------------------------------------------------------------
@@ -354,9 +358,30 @@ ALGO = "reinforce"
 def setup(args: Args) -> torch.device:
     random.seed(args.seed)
     np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # alike on every process: the networks start identical
     torch.set_num_threads(args.torch_threads)
-    return torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = share()
+    if world > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
+    return device
+
+
+def share() -> tuple[int, int]:
+    """(rank, number of processes), as torchrun sets them; (0, 1) for a plain `python script.py`."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def all_mean(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor in place over the processes, whose batches together are the one batch of one process."""
+    if dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+            tensor /= dist.get_world_size()
 
 
 def make_env(env_id: str) -> gym.Env:
@@ -401,6 +426,18 @@ class Run:
         self.global_step, self.updates, self.saved, self.returns, self.lengths, self.logged = 0, 0, False, [], [], 0
 
     def __enter__(self) -> Run:
+        rank, self.world = share()
+        if self.world > 1:  # the networks were built alike on every process; from here each samples its own actions
+            torch.manual_seed(self.args.seed + rank)
+        self.dir = self.model_path = ""
+        self.metrics, self.episodes = open(os.devnull, "w"), open(os.devnull, "w")
+        if rank == 0:  # rank 0 alone writes the run directory
+            self.open_run_dir()
+        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
+        self.start = self.last = time.time()
+        return self
+
+    def open_run_dir(self) -> None:
         self.dir = self.args.run_dir
         held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
         if held and not self.args.overwrite:
@@ -421,19 +458,25 @@ class Run:
             raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
         print("global_step,wall_time,return,length", file=self.episodes, flush=True)
         self.model_path = os.path.join(self.dir, "model.pt")
-        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
-        print(f"{ALGO} on {self.args.env_id} | run dir {self.dir}")
-        self.start = self.last = time.time()
-        return self
+        print(f"{ALGO} on {self.args.env_id} | {self.world} process(es) | run dir {self.dir}")
 
     def on_episode_end(self, episode_return: float, length: int, steps_so_far: int) -> None:
         now = round(time.time() - self.start, 3)
-        print(self.global_step + steps_so_far, now, episode_return, length, sep=",", file=self.episodes, flush=True)
+        print(
+            self.global_step + steps_so_far * self.world,
+            now,
+            episode_return,
+            length,
+            sep=",",
+            file=self.episodes,
+            flush=True,
+        )
         self.returns.append(episode_return)
         self.lengths.append(length)
 
     def log(self, steps: int, stats: dict[str, float]) -> None:
         now, ended = time.time(), slice(self.logged, len(self.returns))  # the episodes that ended since the last row
+        steps *= self.world  # every process took as many
         self.global_step, self.updates, self.logged = self.global_step + steps, self.updates + 1, len(self.returns)
         row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
                "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
@@ -448,6 +491,8 @@ class Run:
             print(f"step {self.global_step:>8} | return(last 20) {mean(self.returns[-20:]):8.2f} | {numbers}")
 
     def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
+        if not self.model_path:  # a process other than rank 0
+            return
         state = {"algo": ALGO, "args": asdict(self.args), "spaces": self.spaces, "global_step": self.global_step}
         tmp = f"{self.model_path}.{os.getpid()}.tmp"
         try:

@@ -361,6 +361,15 @@ def test_baseline_decay_outside_0_1_is_refused(value, tmp_path, capsys):
     assert "--baseline-decay" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+def test_torchrun_is_refused_with_one_line(tmp_path, monkeypatch, capsys):
+    """Under torchrun (its environment variables), reinforce.py says it runs as one process, exit 2, before training."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert reinforce.main(["--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "torchrun" in err and not (tmp_path / "run").exists(), err
+
+
 def test_pendulum_gaussian_path_runs(tmp_path):
     run = tmp_path / "run"
     assert reinforce.main(["--env-id", "Pendulum-v1", "--total-timesteps", "3200", "--run-dir", str(run)]) == 0
