@@ -25,11 +25,10 @@ Three facts make g a good estimator, and tests/test_reinforce.py proves each one
               + (1 - decay) * mean_t. update() reads b before folding the batch in: earlier batches only;
       value   b_t = V_phi(s_t), a value network regressed on G_t (value_loss()), evaluated before it is fitted to
               this batch, so it never saw these returns;
-  * the discount: the exact gradient of the discounted J carries gamma^t. Like nearly every library, g drops it:
-    with gamma < 1 it would make late steps count for almost nothing. g is therefore exactly grad J at gamma = 1,
-    and for gamma < 1 not the gradient of any function (Nota & Thomas 2020), just a useful direction: gamma then
-    shortens the credit horizon to reduce variance. Multiplying A_t by gamma^t gives the exact gradient (the
-    tests do, and it matches).
+  * the discount: the exact gradient of the discounted J carries gamma^t. Like nearly every library, g drops it
+    (late steps would count for almost nothing), so g is grad J exactly at gamma = 1, and for gamma < 1 a useful
+    direction that is not the gradient of any function (Nota & Thomas 2020): gamma shortens the credit horizon.
+    Multiplying A_t by gamma^t gives the exact gradient (the tests do, and it matches).
 Episodes are Monte Carlo: an episode cut by a time limit contributes the rewards it saw, with no bootstrapped
 tail. For a task scored by its time-limited return, like CartPole-v1, that is exactly the objective (bootstrapping
 arrives in actor_critic.py). Each update is one Adam step on policy_loss, its gradient's norm clipped. The loss
@@ -76,7 +75,8 @@ class Args:
     learning_rate: float = arg(3e-3, "Adam step size of the policy", above=0)
     episodes_per_batch: int = arg(8, "N: episodes per policy update (played at once)", at_least=1)
     gamma: float = arg(0.99, "discount factor", at_least=0, at_most=1)
-    baseline: str = arg("value", "b_t (see the docstring)", choices=("none", "mean", "moving", "value"))
+    baseline: str = arg("value", "b_t: 0, the other episodes' mean, a moving average of earlier batches, or V(s_t)",
+                        choices=("none", "mean", "moving", "value"))  # fmt: skip
     baseline_decay: float = arg(0.9, "decay of the moving average of --baseline moving", at_least=0, below=1)
     value_learning_rate: float = arg(1e-2, "Adam step size of the value network (--baseline value)", above=0)
     value_iters: int = arg(20, "full-batch value regression steps per update (--baseline value)", at_least=1)
@@ -94,9 +94,7 @@ class Args:
         """Constraints between hyperparameters (and torchrun's processes) that no single range expresses."""
         problems = ["reinforce.py runs as one process: not under torchrun"] if share()[1] > 1 else []
         if self.baseline == "mean" and self.episodes_per_batch < 2:
-            problems.append(
-                "--baseline mean needs --episodes-per-batch >= 2 (it leaves each episode out of its own b_t)"
-            )
+            problems.append("--baseline mean needs --episodes-per-batch >= 2 (each episode's b_t is the others' mean)")
         return problems
 
 
