@@ -170,6 +170,8 @@ def test_moving_baseline_from_earlier_batches_is_unbiased(n):
 
     biased = batch_estimator_mean(MDP, THETA, n, folded_in_first)
     assert (biased - exact).norm() > 0.05 * exact.norm(), (biased - exact).norm() / exact.norm()
+    if n == 1:  # b_t = decay * b_t + (1 - decay) * G_t makes A_t = decay * (G_t - b_t): exactly decay * grad J
+        assert_close(biased, DECAY * exact)
 
 
 def test_moving_baseline_by_hand():
