@@ -2,8 +2,9 @@
 where it is not (the clip's zero gradients, by finite differences); the k3 KL diagnostic's expectation; the
 Gaussian path's log-probabilities; the normaliser's documented start and its statistics through a checkpoint and
 --eval; one epoch of one minibatch as the actor-critic step; update() as the hand-built steps, with every
-hyperparameter reaching it; gae() on Gymnasium's bool flags and the refused minibatch of one; then short runs, and
-what train() feeds update(): the learning rate of the schedule, and the scaled rewards of --norm-reward.
+hyperparameter reaching it, and on two processes as one on their union; gae() on Gymnasium's bool flags and the
+refused minibatch of one; then short runs, and what train() feeds update(): the learning rate of the schedule, and
+the scaled rewards of --norm-reward.
 
 The exact tests use the recipe of tests/exact.py (grad J by finite differences of the exactly enumerated
 objective, against the exact expectation of the gradient of ppo.py's own policy_loss).
