@@ -34,11 +34,15 @@ What the gradient of L is, exactly (tests/test_dr_grpo.py proves it by enumerati
     k2 gives grad KL(pi_theta || pi_ref). That holds at the first of the --num-iterations passes only: from
     the second on, the tokens were sampled from pi_old != pi_theta and the expected gradient is neither
     (weighting each token's penalty by rho would restore it; DeepSeekMath and TRL do not).
-    Dr. GRPO, as the paper, sets beta = 0 by default: with a rule-checked reward there is no reward model
-    to guard against, and the penalty is one more term that turns the update away from grad J.
 What changed since grpo.py (and nothing else): group_advantages() drops the division by the std (and
 --adv-eps with it); aggregate() divides each completion's token sum by the constant max_len instead of
 |o_i|; beta defaults to 0.
+
+Defaults (python dr_grpo.py with no flags): --beta 0 (as the paper: with a rule-checked reward there is no
+reward model to guard against, and the penalty is one more term that turns the update away from grad J),
+--kl-estimator k3, --clip-eps 0.2, --num-iterations 2, --group-size 8, --prompts-per-update 32,
+--max-completion-len 8 (the T that divides every token sum), --learning-rate 0.003 (the same for every
+update), --total-updates 300, --task max.
 
 The task (--task) is built in and checked by a program, so it runs on a laptop CPU in a minute or two:
 the prompt is three digits and '=', e.g. "4 7 2 =", and the completion must start with the answer
@@ -84,7 +88,7 @@ class Args:
     task: str = arg("max", "built-in task: max (the largest digit) | sum (digit sum mod 10: not learned in minutes)")
     seed: int = arg(1, "seeds Python, numpy, torch and the sampler")
     total_updates: int = arg(300, "training budget: policy updates (each samples B x G completions)")
-    learning_rate: float = arg(3e-3, "Adam step size")
+    learning_rate: float = arg(3e-3, "Adam step size, the same for every update (no schedule)")
     prompts_per_update: int = arg(32, "B: prompts per update")
     group_size: int = arg(8, "G: completions sampled per prompt (>= 2)")
     max_completion_len: int = arg(8, "T: tokens per completion at most, EOS included; divides every token sum")

@@ -84,7 +84,7 @@ class Args:
     task: str = arg("max", "built-in task: max (the largest digit) | sum (digit sum mod 10: not learned in minutes)")
     seed: int = arg(1, "seeds Python, numpy, torch and the sampler")
     total_updates: int = arg(300, "training budget: policy updates (each samples B x G completions)")
-    learning_rate: float = arg(3e-3, "Adam step size")
+    learning_rate: float = arg(3e-3, "Adam step size, the same for every update (no schedule)")
     prompts_per_update: int = arg(32, "B: prompts per update")
     group_size: int = arg(8, "G: completions sampled per prompt (>= 2)")
     max_completion_len: int = arg(8, "T: tokens per completion at most, end-of-sequence included")

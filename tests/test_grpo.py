@@ -190,10 +190,15 @@ def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * (p.log() - q.log())).sum()
 
 
-@pytest.mark.parametrize("estimator, direction", [("k3", "forward"), ("k2", "reverse")])
-def test_kl_penalty_gradient(estimator, direction):
-    """One token drawn from pi over 5 values, the loss grpo_loss(A = 0, beta): its expected gradient is
-    beta grad KL(pi_ref || pi) for k3 (forward KL) and beta grad KL(pi || pi_ref) for k2 (reverse KL)."""
+KL_DIRECTIONS = [("k3", "forward"), ("k2", "reverse")]
+
+
+def assert_kl_penalty_gradient(module, estimator: str, direction: str, loss_of_one_token) -> None:
+    """One token drawn from pi over 5 values, loss_of_one_token(lp, ref_lp, beta) = N * the script's loss with
+    A = 0 and that beta, N its normaliser for a one-token completion (1 in grpo.py, T in dr_grpo.py). Its
+    expected gradient is beta grad KL(pi_ref || pi) for k3 (forward KL) and beta grad KL(pi || pi_ref) for k2
+    (reverse KL): a positive beta pulls pi toward pi_ref. In value, E_pi[k3] = KL(pi || pi_ref), the reverse
+    KL, and the script's kl_penalty() is >= 0 for every token, 0 where pi = pi_ref."""
     beta = 0.04
     gen = torch.Generator().manual_seed(0)
     theta = torch.randn(5, generator=gen, dtype=F64, requires_grad=True)
@@ -202,10 +207,7 @@ def test_kl_penalty_gradient(estimator, direction):
     logp = pi.log()
 
     def loss(token):
-        lp = logp[token].view(1, 1, 1)
-        ref_lp = ref[token].log().view(1, 1, 1)
-        return grpo.grpo_loss(lp, lp.detach(), ref_lp, torch.zeros(1, 1, dtype=F64), torch.ones(1, 1, 1, dtype=F64),
-                              beta=beta, kl_estimator=estimator)  # fmt: skip
+        return loss_of_one_token(logp[token].view(1, 1, 1), ref[token].log().view(1, 1, 1), beta)
 
     grad = expected_grad(theta, [(x, pi[x]) for x in range(5)], loss)
     forward = fd_grad(lambda t: beta * kl(ref, torch.softmax(t, -1)), theta)
@@ -213,9 +215,20 @@ def test_kl_penalty_gradient(estimator, direction):
     right, wrong = (forward, reverse) if direction == "forward" else (reverse, forward)
     assert_close(grad, right)
     assert (grad - wrong).norm() > 0.1 * wrong.norm(), "the two KL directions should differ here"
+    per_token = module.kl_penalty(logp, ref.log(), estimator)
+    assert (per_token >= 0).all() and module.kl_penalty(ref.log(), ref.log(), estimator).abs().max() == 0
     if estimator == "k3":  # in value, k3 estimates the reverse KL: E_pi[k3] = KL(pi || pi_ref)
-        k3 = grpo.kl_penalty(logp, ref.log(), "k3")
-        assert_close((pi * k3).sum(), kl(pi, ref), rtol=1e-12)
+        assert_close((pi * per_token).sum(), kl(pi, ref), rtol=1e-12)
+
+
+@pytest.mark.parametrize("estimator, direction", KL_DIRECTIONS)
+def test_kl_penalty_gradient(estimator, direction):
+    def loss(lp, ref_lp, beta):
+        one = torch.ones(1, 1, 1, dtype=F64)
+        return grpo.grpo_loss(lp, lp.detach(), ref_lp, torch.zeros(1, 1, dtype=F64), one, beta=beta,
+                              kl_estimator=estimator)  # fmt: skip
+
+    assert_kl_penalty_gradient(grpo, estimator, direction, loss)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,3 +563,31 @@ def test_train_hands_update_the_sampler_logp_the_initial_reference_and_its_advan
     monkeypatch.setattr(module, "update", checked_update)
     module.train(args)
     assert seen["calls"] == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# j. The learning rate each update applies: constant, the documented schedule
+# ----------------------------------------------------------------------------------------------
+def assert_learning_rate_is_constant(module, monkeypatch, tmp_path) -> None:
+    """Through train() itself, for 4 updates: every optimiser update() is handed holds --learning-rate in every
+    param group (a value no default has, so a hard-coded rate would show), the schedule the script documents:
+    none, the same step size for every update."""
+    learning_rate = 0.0123
+    assert "the same for every update" in module.Args.__dataclass_fields__["learning_rate"].metadata["help"]
+    args = module.Args(total_updates=4, prompts_per_update=2, group_size=2, max_completion_len=2, d_model=8,
+                       n_layers=1, n_heads=1, learning_rate=learning_rate, device="cpu", run_dir=str(tmp_path))  # fmt: skip
+    real_update, applied = module.update, []
+
+    def recording_update(policy, optimizer, batch, args):
+        assert isinstance(optimizer, torch.optim.Optimizer)
+        applied.append([group["lr"] for group in optimizer.param_groups])
+        return real_update(policy, optimizer, batch, args)
+
+    monkeypatch.setattr(module, "update", recording_update)
+    module.train(args)
+    assert len(applied) == args.total_updates
+    assert all(rates == [learning_rate] * len(rates) for rates in applied), applied
+
+
+def test_learning_rate_is_the_same_for_every_update(monkeypatch, tmp_path):
+    assert_learning_rate_is_constant(grpo, monkeypatch, tmp_path)
