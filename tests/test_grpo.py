@@ -575,7 +575,7 @@ def assert_learning_rate_is_constant(module, monkeypatch, tmp_path) -> None:
     learning_rate = 0.0123
     assert "the same for every update" in module.Args.__dataclass_fields__["learning_rate"].metadata["help"]
     args = module.Args(total_updates=4, prompts_per_update=2, group_size=2, max_completion_len=2, d_model=8,
-                       n_layers=1, n_heads=1, learning_rate=learning_rate, device="cpu", run_dir=str(tmp_path))  # fmt: skip
+                       n_layers=1, n_heads=1, learning_rate=learning_rate, run_dir=str(tmp_path))  # fmt: skip
     real_update, applied = module.update, []
 
     def recording_update(policy, optimizer, batch, args):
