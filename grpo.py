@@ -242,9 +242,10 @@ def completion_mask(completions: torch.Tensor, eos: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(policy: TinyLM, prompts: torch.Tensor, group_size: int, max_len: int, generator: torch.Generator,
-           greedy: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Sample G completions for each of B prompts at once (or one greedy completion per prompt).
+def sample(policy: nn.Module, prompts: torch.Tensor, group_size: int, max_len: int, eos: int,
+           generator: torch.Generator | None, greedy: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Sample G completions for each of B prompts at once (or one greedy completion per prompt), each until
+    its first end-of-sequence token `eos` or max_len tokens.
 
     prompts: [B, P] long. Returns completions [B, G, T] long (positions after the first EOS hold EOS),
     logp [B, G, T] (log pi(o_t | q, o_<t) of each sampled token, as the sampler computed it),
@@ -260,25 +261,25 @@ def sample(policy: TinyLM, prompts: torch.Tensor, group_size: int, max_len: int,
             token = log_probs.argmax(-1)
         else:
             token = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(-1)
-        token = torch.where(done, torch.full_like(token, EOS), token)
+        token = torch.where(done, torch.full_like(token, eos), token)
         tokens.append(token)
         logps.append(log_probs.gather(-1, token[:, None]).squeeze(-1))
         entropies.append(-(log_probs.exp() * log_probs).sum(-1))
-        done = done | (token == EOS)
+        done = done | (token == eos)
         seqs = torch.cat([seqs, token[:, None]], dim=1)
         if done.all():
             break
     completions = torch.stack(tokens, -1)
     if completions.shape[1] < max_len:  # every completion ended early: pad to T with EOS
         pad = max_len - completions.shape[1]
-        completions = F.pad(completions, (0, pad), value=EOS)
+        completions = F.pad(completions, (0, pad), value=eos)
         logps.extend([torch.zeros_like(logps[0])] * pad)
         entropies.extend([torch.zeros_like(entropies[0])] * pad)
     shape = (B, group_size, max_len)
     return {
         "completions": completions.view(shape),
         "logp": torch.stack(logps, -1).view(shape),
-        "mask": completion_mask(completions, EOS).view(shape),
+        "mask": completion_mask(completions, eos).view(shape),
         "entropy": torch.stack(entropies, -1).view(shape),
     }
 
@@ -502,7 +503,7 @@ def train(args: Args) -> dict[str, float]:
         while update_idx < args.total_updates:
             t0 = time.time()
             prompts, answers = task.training_batch(args.prompts_per_update, generator)
-            batch = sample(policy, prompts, args.group_size, args.max_completion_len, generator)
+            batch = sample(policy, prompts, args.group_size, args.max_completion_len, EOS, generator)
             n_sampled = batch["mask"].sum().item()
             tokens_per_second = n_sampled / (time.time() - t0)
             rewards = Task.reward(answers, batch["completions"])
@@ -588,7 +589,7 @@ def evaluate_checkpoint(path: str, device_name: str = "auto") -> tuple[float, in
     except RuntimeError:
         raise ValueError(f"{path}: the weights do not fit the network its args describe") from None
     task = Task(saved.task, device)
-    greedy = sample(policy, task.eval_prompts[:1], 1, saved.max_completion_len, None, greedy=True)
+    greedy = sample(policy, task.eval_prompts[:1], 1, saved.max_completion_len, EOS, None, greedy=True)
     example = f"{decode(task.eval_prompts[0])} {decode(greedy['completions'][0, 0])}"
     return evaluate(policy, task), len(task.eval_prompts), example
 

@@ -272,7 +272,7 @@ def test_sampled_logprobs_match_a_forward_pass():
         policy.head.bias[grpo.EOS] = 1.5
     task = grpo.Task("sum", torch.device("cpu"))
     prompts = task.train_prompts[:16]
-    batch = grpo.sample(policy, prompts, 4, args.max_completion_len, torch.Generator().manual_seed(1))
+    batch = grpo.sample(policy, prompts, 4, args.max_completion_len, grpo.EOS, torch.Generator().manual_seed(1))
     completions, mask = batch["completions"], batch["mask"]
     lengths = mask.sum(-1)
     assert lengths.min() < args.max_completion_len and (lengths == args.max_completion_len).any()
@@ -284,6 +284,29 @@ def test_sampled_logprobs_match_a_forward_pass():
     with torch.no_grad():
         recomputed = grpo.token_logprobs(policy, prompts, completions)
     assert_close(recomputed * mask, batch["logp"] * mask, rtol=1e-10)
+
+
+@pytest.mark.parametrize("module", [grpo, dr_grpo], ids=["grpo", "dr_grpo"])
+def test_sample_ends_completions_at_the_eos_it_is_given(module):
+    """sample(..., eos, ...) with another token as end-of-sequence (FILLER) than the task's EOS, which is made
+    likely too: each completion ends at its first FILLER, not at an EOS, is padded with FILLER, its mask is
+    completion_mask(completions, FILLER); and when every completion ends before T, the padding holds FILLER."""
+    torch.manual_seed(0)
+    policy = module.make_policy(module.Args(max_completion_len=6, d_model=16, n_layers=1, n_heads=2)).to(F64)
+    eos, other = module.FILLER, module.EOS
+    prompts = module.Task("max", torch.device("cpu")).train_prompts[:16]
+    for bias, all_end_early in ((1.0, False), (4.0, True)):
+        with torch.no_grad():
+            policy.head.bias[eos], policy.head.bias[other] = bias, 1.0
+        batch = module.sample(policy, prompts, 4, 6, eos, torch.Generator().manual_seed(1))
+        completions, mask = batch["completions"].view(-1, 6), batch["mask"].view(-1, 6)
+        assert torch.equal(mask, module.completion_mask(completions, eos))
+        seqs = completions.tolist()
+        assert any(other in seq[: seq.index(eos) if eos in seq else 6] for seq in seqs), "an EOS inside a completion"
+        ends = [seq.index(eos) + 1 if eos in seq else 7 for seq in seqs]
+        assert (max(ends) < 6) == all_end_early, "the premise: every completion ends before T, so sample() pads"
+        for seq, end in zip(seqs, ends, strict=True):
+            assert seq[end:] == [eos] * (6 - end)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,7 +490,7 @@ def wiring_batch(policy, seed: int, B: int = 3, G: int = 4) -> dict[str, torch.T
     task = grpo.Task("max", torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     prompts, answers = task.training_batch(B, gen)
-    batch = grpo.sample(policy, prompts, G, WIRING_ARGS.max_completion_len, gen)
+    batch = grpo.sample(policy, prompts, G, WIRING_ARGS.max_completion_len, grpo.EOS, gen)
     rewards = (torch.rand(B, G, generator=gen) < 0.5).float()  # random, so that every group has an advantage
     with torch.no_grad():
         batch["ref_logp"] = grpo.token_logprobs(tiny_policy(seed + 100), prompts, batch["completions"])
@@ -516,7 +539,7 @@ def test_sampled_tokens_follow_the_stored_log_probabilities(module):
     policy = tiny_policy(0)
     prompt = module.Task("max", torch.device("cpu")).train_prompts[:1]
     n = 20_000
-    batch = module.sample(policy, prompt, n, 2, torch.Generator().manual_seed(5))
+    batch = module.sample(policy, prompt, n, 2, module.EOS, torch.Generator().manual_seed(5))
     tokens, logp = batch["completions"][0], batch["logp"][0]  # [n, 2]
 
     def check(sampled, stored_logp):
