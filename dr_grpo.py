@@ -18,7 +18,7 @@ Objective and gradient, with the names used in the code (B prompts, G completion
     J(theta)     = E_q E_{o ~ pi_theta(.|q)}[ r(q, o) ]                the expected reward
     A_i          = r_i - mean(r_1..r_G)                                group_advantages(): no std, no eps
     rho_i,t      = pi_theta(o_i,t | q, o_i,<t) / pi_old(o_i,t | q, o_i,<t)   ratio: per token, to the sampler
-    s_i,t        = min(rho_i,t A_i, clip(rho_i,t, 1 - eps_clip, 1 + eps_clip) A_i)      clipped_surrogate()
+    s_i,t        = min(rho_i,t A_i, clip(rho_i,t, 1 - clip_eps, 1 + clip_eps) A_i)      clipped_surrogate()
     k3_i,t       = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1 (per token)  kl_penalty(), --kl-estimator k3
     k2_i,t       = 1/2 (log pi_theta - log pi_ref)^2                       kl_penalty(), --kl-estimator k2
     L(theta)     = -1/B sum_b 1/G sum_i 1/T sum_t ( s_i,t - beta k_i,t )   grpo_loss() via aggregate()
@@ -93,7 +93,7 @@ class Args:
     group_size: int = arg(8, "G: completions sampled per prompt (>= 2)")
     max_completion_len: int = arg(8, "T: tokens per completion at most, EOS included; divides every token sum")
     num_iterations: int = arg(2, "mu: gradient steps on each sampled batch (the clip matters when > 1)")
-    clip_eps: float = arg(0.2, "eps_clip: the ratio is clipped to [1 - eps_clip, 1 + eps_clip]")
+    clip_eps: float = arg(0.2, "the ratio is clipped to [1 - clip_eps, 1 + clip_eps]")
     beta: float = arg(0.0, "weight of the KL penalty to the reference policy (>= 0; 0 as in Dr. GRPO)")
     kl_estimator: str = arg("k3", "per-token KL estimate in the loss: k3 | k2", choices=("k3", "k2"))
     d_model: int = arg(64, "transformer width")
@@ -312,7 +312,7 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                       clip_eps: float) -> torch.Tensor:  # fmt: skip
-    """s_t = min(rho_t A, clip(rho_t, 1 - eps, 1 + eps) A), rho_t = exp(logp - old_logp), per token.
+    """s_t = min(rho_t A, clip(rho_t, 1 - clip_eps, 1 + clip_eps) A), rho_t = exp(logp - old_logp), per token.
     logp: [B, G, T] with grad; old_logp: [B, G, T] from the sampler; advantages: [B, G] -> [B, G, T].
     old_logp and advantages are constants, detached here. Per token, no mask: grpo_loss() masks."""
     ratio = torch.exp(logp - old_logp.detach())
@@ -369,9 +369,10 @@ def grpo_loss(
 
 def clip_fraction(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                   clip_eps: float) -> torch.Tensor:  # fmt: skip
-    """The share of the completions' tokens whose surrogate gradient the clip zeroes (as TRL counts them): the
-    ratio above 1 + eps with A > 0, or below 1 - eps with A < 0. A ratio outside the range the other way is
-    not clipped: min() keeps its unclipped term. Shapes as clipped_surrogate(), mask [B, G, T] -> scalar."""
+    """The share of the completions' tokens whose surrogate gradient the clip zeroes, as TRL counts them: the
+    ratio above 1 + clip_eps with A > 0, or below 1 - clip_eps with A < 0. A ratio outside the range the other
+    way is not counted: min() keeps its unclipped term, whose gradient is not zero. (ppo.py's clip_fraction
+    counts every sample with |ratio - 1| > clip_coef, either way.) Shapes as clipped_surrogate() -> scalar."""
     keep = mask.bool()
     ratio = torch.exp(torch.where(keep, logp - old_logp, 0.0)).detach()
     adv = advantages.detach().unsqueeze(-1)
