@@ -64,7 +64,7 @@ def arg(default, help: str, choices=None, above=None, at_least=None, below=None,
 
 
 MAX_COMPLETION_LEN = 64  # the tasks need 2 tokens; the rest is room for the lengths to move
-MAX_WORK = 2**30  # tokens x layers x width^2 of one update: a backward pass of seconds, which Ctrl-C waits for
+MAX_WORK = 2**29  # tokens x layers x width^2 of one update: a backward pass of seconds, which Ctrl-C waits for
 
 
 @dataclass

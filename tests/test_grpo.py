@@ -7,6 +7,10 @@ measure how far it is from the true grad J (computed by finite differences of th
 import copy
 import itertools
 import math
+import os
+import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -22,7 +26,7 @@ from exact import (
     fd_grad,
     one_group_per_prompt,
 )
-from runs import short_grpo_run_learns_and_eval_reloads
+from runs import read_csv, short_grpo_run_learns_and_eval_reloads
 from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
 
 import dr_grpo
@@ -614,3 +618,178 @@ def assert_learning_rate_is_constant(module, monkeypatch, tmp_path) -> None:
 
 def test_learning_rate_is_the_same_for_every_update(monkeypatch, tmp_path):
     assert_learning_rate_is_constant(grpo, monkeypatch, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# k. Misuse: the limits of one update, run directories, checkpoints this script did not write
+# ----------------------------------------------------------------------------------------------
+BOTH = pytest.mark.parametrize("module", [grpo, dr_grpo], ids=["grpo", "dr_grpo"])
+TINY = ["--prompts-per-update", "2", "--group-size", "2", "--max-completion-len", "2", "--d-model", "8", "--n-layers",
+        "1", "--n-heads", "1", "--num-iterations", "1"]  # fmt: skip
+
+
+def largest_update(module) -> dict[str, int]:
+    """The most work one update may do at the default width and depth: the longest completions, and as many prompts
+    as the bound on tokens x layers x width^2 allows."""
+    T, G = module.MAX_COMPLETION_LEN, 8
+    B = module.MAX_WORK // (G * (module.NUM_DIGITS + 1 + T) * 2 * 64**2)
+    return {"max_completion_len": T, "group_size": G, "prompts_per_update": B}
+
+
+def flags(settings: dict) -> list[str]:
+    return [x for name, value in settings.items() for x in ("--" + name.replace("_", "-"), str(value))]
+
+
+def refused(module, argv: list[str], capsys) -> str:
+    """main(argv) exits 2 with one line on stderr and no traceback; that line."""
+    assert module.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@BOTH
+def test_the_limits_of_one_update_are_bad_input(module, tmp_path, capsys):
+    """--max-completion-len above MAX_COMPLETION_LEN, and one prompt more than the largest update allows: one line
+    that names the flag and the limit, exit 2, nothing written. The largest update itself is accepted."""
+    limit, largest = module.MAX_COMPLETION_LEN, largest_update(module)
+    cheap = ["--total-updates", "1", "--num-iterations", "1", "--run-dir", str(tmp_path / "run")]  # if not refused
+    err = refused(module, ["--max-completion-len", str(limit + 1), *TINY[:4], *cheap], capsys)
+    assert "--max-completion-len" in err and f"<= {limit}" in err, err
+    module.validate(module.Args(**largest))
+    one_more = {**largest, "prompts_per_update": largest["prompts_per_update"] + 1, "d_model": 8, "n_heads": 1}
+    err = refused(module, [*flags(one_more), *cheap], capsys)  # width 8 counts as 64: still too much work
+    assert "--prompts-per-update" in err and str(module.MAX_WORK) in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@BOTH
+def test_sigterm_during_the_largest_backward_pass_ends_the_run_within_seconds(module, monkeypatch, tmp_path):
+    """The longest stretch in which Python cannot run a signal handler is one backward pass of update(). At the
+    largest update the bounds allow (sampling replaced by random completions of full length, so the test need not
+    wait for it), a SIGTERM sent during the first backward pass ends the run, saved, with exit status 143 within
+    20 seconds, and leaves no temporary file."""
+    real_backward, in_backward, sent = torch.Tensor.backward, threading.Event(), []
+
+    def backward(self, *args, **kwargs):
+        in_backward.set()
+        return real_backward(self, *args, **kwargs)
+
+    def full_length_sample(policy, prompts, group_size, max_len, eos, generator, greedy=False):
+        completions = torch.randint(0, eos, (len(prompts), group_size, max_len), generator=generator)  # no eos
+        with torch.no_grad():
+            logp = module.token_logprobs(policy, prompts, completions)
+        return {
+            "completions": completions,
+            "logp": logp,
+            "mask": torch.ones_like(logp),
+            "entropy": torch.zeros_like(logp),
+        }
+
+    def terminate():
+        if in_backward.wait(timeout=300):
+            time.sleep(0.5)  # well inside the backward pass, which takes seconds here
+            sent.append(time.time())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    monkeypatch.setattr(module, "sample", full_length_sample)
+    threading.Thread(target=terminate, daemon=True).start()
+    run = tmp_path / "run"
+    argv = [*flags(largest_update(module)), "--num-iterations", "1", "--log-interval", "1000", "--run-dir", str(run)]
+    assert module.main(argv) == 143
+    assert time.time() - sent[0] < 20, f"SIGTERM took {time.time() - sent[0]:.1f} s to act"
+    assert sorted(os.listdir(run)) == ["groups.csv", "metrics.csv", "model.pt"]
+    assert module.load_checkpoint(str(run / "model.pt"))["global_step"] == 0
+
+
+@BOTH
+def test_a_run_dir_that_holds_a_run_is_refused_unless_overwrite(module, tmp_path, capsys):
+    """A --run-dir with a model.pt or a metrics.csv: one line that names it, exit 2, nothing touched; --overwrite
+    replaces the run."""
+    run = tmp_path / "run"
+    assert module.main([*TINY, "--total-updates", "1", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    for kept in ("model.pt", "metrics.csv"):
+        only = tmp_path / kept
+        only.mkdir()
+        (only / kept).write_bytes((run / kept).read_bytes())
+        before = {f: (only / f).read_bytes() for f in os.listdir(only)}
+        err = refused(module, [*TINY, "--total-updates", "2", "--seed", "7", "--run-dir", str(only)], capsys)
+        assert str(only) in err and kept in err and "--overwrite" in err, err
+        assert {f: (only / f).read_bytes() for f in os.listdir(only)} == before
+    assert module.main([*TINY, "--total-updates", "2", "--run-dir", str(run), "--overwrite"]) == 0
+    assert len(read_csv(run / "metrics.csv")) == 2
+
+
+@BOTH
+def test_default_run_dirs_are_unique_within_the_same_second(module, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.5)
+    args = module.Args(run_dir="")
+    made = [module.make_run_dir(args) for _ in range(3)]
+    base = os.path.join("runs", f"{module.ALGO}__max__1__1700000000")
+    assert made == [base, base + "_2", base + "_3"] and all(os.path.isdir(d) for d in made)
+
+
+@BOTH
+def test_a_second_sigterm_during_the_save_is_ignored(module, monkeypatch, tmp_path, capsys):
+    """SIGTERM at the first update, and another one in the middle of the save it causes: the save completes (model.pt
+    loads; no temporary file is left), one message, exit status 143, no traceback."""
+    real_save, real_update = torch.save, module.update
+
+    def update_then_sigterm(*args, **kwargs):
+        stats = real_update(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return stats
+
+    def save_with_a_second_sigterm(obj, path, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(module, "update", update_then_sigterm)
+    monkeypatch.setattr(torch, "save", save_with_a_second_sigterm)
+    run = tmp_path / "run"
+    assert module.main([*TINY, "--total-updates", "5", "--log-interval", "1000", "--run-dir", str(run)]) == 143
+    err = capsys.readouterr().err
+    assert err.count("interrupted") == 1 and "Traceback" not in err, err
+    assert sorted(os.listdir(run)) == ["groups.csv", "metrics.csv", "model.pt"]
+    assert module.load_checkpoint(str(run / "model.pt"))["global_step"] == 0
+
+
+@BOTH
+@pytest.mark.parametrize("damage", ["no args", "an unknown arg", "a negative beta", "a length over the limit",
+                                    "a NaN weight", "no weights"])  # fmt: skip
+def test_a_checkpoint_this_script_did_not_write_is_refused(module, damage, tmp_path, capsys):
+    """A checkpoint with the right algo but damaged: --eval exits 2 with one line naming the file, no traceback."""
+    run = tmp_path / "run"
+    assert module.main([*TINY, "--total-updates", "1", "--run-dir", str(run)]) == 0
+    state = torch.load(run / "model.pt", weights_only=True)
+    if damage == "no args":
+        del state["args"]
+    elif damage == "an unknown arg":
+        state["args"]["temperature"] = 0.7
+    elif damage == "a negative beta":
+        state["args"]["beta"] = -1.0
+    elif damage == "a length over the limit":
+        state["args"]["max_completion_len"] = 100_000
+    elif damage == "a NaN weight":
+        next(iter(state["policy"].values())).view(-1)[0] = float("nan")
+    else:
+        del state["policy"]
+    torch.save(state, tmp_path / "damaged.pt")
+    capsys.readouterr()
+    err = refused(module, ["--eval", str(tmp_path / "damaged.pt")], capsys)
+    assert str(tmp_path / "damaged.pt") in err, err
+
+
+@BOTH
+def test_a_checkpoint_trained_on_cuda_evaluates_on_a_cpu(module, tmp_path, capsys):
+    """The device is where a run trained, not part of what the checkpoint is: --device cuda in its args does not make
+    --eval --device cpu refuse it where CUDA is missing."""
+    run = tmp_path / "run"
+    assert module.main([*TINY, "--total-updates", "1", "--run-dir", str(run)]) == 0
+    state = torch.load(run / "model.pt", weights_only=True)
+    state["args"]["device"] = "cuda"
+    torch.save(state, tmp_path / "cuda.pt")
+    assert module.main(["--eval", str(tmp_path / "cuda.pt"), "--device", "cpu"]) == 0, capsys.readouterr().err
