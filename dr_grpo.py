@@ -36,10 +36,9 @@ model to guard against, and the penalty is one more term that turns the update a
 --clip-eps 0.2, --num-iterations 2, --group-size 8, --prompts-per-update 32, --max-completion-len 8 (the T that
 divides every token sum), --learning-rate 0.003 (the same for every update), --total-updates 300, --task max.
 
-The task (Task, --task) is built in and checked by a program, so it runs on a laptop CPU in a minute or two: a
-prompt "4 7 2 =" must be answered by a completion that starts with the answer digit (max: 7; sum mod 10: 3), then
-anything and an end-of-sequence token. The reward is 1 when the first token is the answer, else 0, whatever the
-length: how long right and wrong completions get is up to the policy, where GRPO's length bias can show.
+The task (--task, a laptop CPU learns it in a minute or two): a prompt "4 7 2 =" gets reward 1 if its completion
+starts with the answer digit (max: 7; sum mod 10: 3), else 0, whatever follows up to the end-of-sequence token: how
+long right and wrong completions get is up to the policy, which is where GRPO's length bias can show.
 References: Shao et al. 2024 (DeepSeekMath, GRPO); Schulman et al. 2017 (PPO); Schulman 2020 ("Approximating KL
 divergence", k1/k2/k3); Liu et al. 2025 ("Understanding R1-Zero-like training", Dr. GRPO).
 Run:  python dr_grpo.py --help
@@ -233,10 +232,8 @@ TASKS = {"max": lambda digits: digits.max(-1).values, "sum": lambda digits: digi
 
 
 class Task:
-    """Every prompt of NUM_DIGITS digits, split once (whatever --seed) into training prompts and a held-out fifth.
-    Training prompts are drawn with every answer equally likely (with --task max a tenth of every batch is "0 0 0":
-    drawn uniformly, answers 0 and 1 would get almost no signal; a learned prompt costs samples, not bias: its
-    advantages are 0). prompts: [N, NUM_DIGITS + 1] long; answers: [N] long."""
+    """Every prompt, split once (whatever --seed) into training prompts, drawn with every answer equally likely (else
+    answers 0 and 1 of --task max get almost no signal), and a held-out fifth. prompts [N, P] long, answers [N] long."""
 
     def __init__(self, name: str, device: torch.device):
         digits = torch.cartesian_prod(*[torch.arange(DIGITS)] * NUM_DIGITS)
@@ -274,9 +271,8 @@ def completion_mask(completions: torch.Tensor, eos: int) -> torch.Tensor:
 @torch.no_grad()
 def sample(policy: nn.Module, prompts: torch.Tensor, group_size: int, max_len: int, eos: int,
            generator: torch.Generator | None, greedy: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
-    """G completions of each of B prompts [B, P] long, each until its first `eos` or max_len tokens (or one greedy
-    completion per prompt). Returns completions [B, G, T] long (eos after the first eos), logp [B, G, T] (the
-    sampler's log pi(o_t | q, o_<t)), mask [B, G, T] float (1 up to and including the first eos), entropy [B, G, T]."""
+    """G completions (or one greedy) of each of B prompts [B, P], each until its first eos or max_len tokens:
+    completions [B, G, T] long (eos after the first eos), the sampler's logp, mask (1 up to the first eos), entropy."""
     B, P = prompts.shape
     seqs = prompts.repeat_interleave(group_size, dim=0)  # [B*G, P]: the G copies of a prompt are adjacent
     done = torch.zeros(B * group_size, dtype=torch.bool, device=prompts.device)

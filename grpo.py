@@ -1,14 +1,13 @@
 """GRPO: Group Relative Policy Optimization, on a tiny language model with a verifiable reward.
 
-The idea. PPO needs a critic to tell a good action from a lucky one. For a language model that answers a prompt q
-with a whole completion o and gets one reward r(q, o) at the end (right or wrong), GRPO (Shao et al. 2024,
-DeepSeekMath, eq. 3) drops the critic: it samples a *group* of G completions for the same prompt and scores each one
-against the others. A completion better than its group's average is pushed up, a worse one down, every token of it
-by the same amount. A KL penalty keeps the policy near a frozen reference (the initial model); PPO's clip keeps each
-update small.
+The idea. PPO needs a critic to tell a good action from a lucky one. GRPO (Shao et al. 2024, DeepSeekMath, eq. 3), for
+a language model that answers a prompt q with a completion o and gets one reward r(q, o) at its end, drops the critic:
+it samples a *group* of G completions of the same prompt and scores each one against the others, every token of a
+completion by the same amount. A KL penalty keeps the policy near a frozen reference (the initial model); PPO's clip
+keeps each update small.
 
-Objective and gradient, with the names used in the code (B prompts, G completions each, o_i of |o_i| tokens, the
-tokens of o_i counted up to and including its end-of-sequence token):
+Objective and gradient, with the names used in the code (B prompts, G completions each, o_i of |o_i| tokens counted up
+to and including its end-of-sequence token):
     J(theta) = E_q E_{o ~ pi_theta(.|q)}[ r(q, o) ]                    the expected reward
     A_i      = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + adv_eps)      group_advantages(); std divides by G - 1
     rho_i,t  = pi_theta(o_i,t | q, o_i,<t) / pi_old(o_i,t | q, o_i,<t) the ratio, per token, to the sampler
@@ -29,10 +28,9 @@ What changed since ppo.py: no critic (the group is the baseline); one advantage 
 group; a KL penalty to a frozen reference in the loss instead of the reward; the policy is a causal language model
 that samples token by token until end-of-sequence. What dr_grpo.py changes (and nothing else): group_advantages()
 drops the division by the std, aggregate() divides each token sum by a constant instead of |o_i|; beta defaults to 0.
-The task (Task, --task) is built in and checked by a program, so it runs on a laptop CPU in a minute or two: a
-prompt "4 7 2 =" must be answered by a completion that starts with the answer digit (max: 7; sum mod 10: 3), then
-anything and an end-of-sequence token. The reward is 1 when the first token is the answer, else 0, whatever the
-length: how long right and wrong completions get is up to the policy, which is where GRPO's length bias can show.
+The task (--task, a laptop CPU learns it in a minute or two): a prompt "4 7 2 =" gets reward 1 if its completion
+starts with the answer digit (max: 7; sum mod 10: 3), else 0, whatever follows up to the end-of-sequence token: how
+long right and wrong completions get is up to the policy, which is where GRPO's length bias can show.
 References: Shao et al. 2024 (DeepSeekMath, GRPO); Schulman et al. 2017 (PPO); Schulman 2020 ("Approximating KL
 divergence", k1/k2/k3); Liu et al. 2025 ("Understanding R1-Zero-like training", Dr. GRPO).
 Run:  python grpo.py --help
@@ -228,10 +226,8 @@ TASKS = {"max": lambda digits: digits.max(-1).values, "sum": lambda digits: digi
 
 
 class Task:
-    """Every prompt of NUM_DIGITS digits, split once (whatever --seed) into training prompts and a held-out fifth.
-    Training prompts are drawn with every answer equally likely (with --task max a tenth of every batch is "0 0 0":
-    drawn uniformly, answers 0 and 1 would get almost no signal; a learned prompt costs samples, not bias: its
-    advantages are 0). prompts: [N, NUM_DIGITS + 1] long; answers: [N] long."""
+    """Every prompt, split once (whatever --seed) into training prompts, drawn with every answer equally likely (else
+    answers 0 and 1 of --task max get almost no signal), and a held-out fifth. prompts [N, P] long, answers [N] long."""
 
     def __init__(self, name: str, device: torch.device):
         digits = torch.cartesian_prod(*[torch.arange(DIGITS)] * NUM_DIGITS)
@@ -269,9 +265,8 @@ def completion_mask(completions: torch.Tensor, eos: int) -> torch.Tensor:
 @torch.no_grad()
 def sample(policy: nn.Module, prompts: torch.Tensor, group_size: int, max_len: int, eos: int,
            generator: torch.Generator | None, greedy: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
-    """G completions of each of B prompts [B, P] long, each until its first `eos` or max_len tokens (or one greedy
-    completion per prompt). Returns completions [B, G, T] long (eos after the first eos), logp [B, G, T] (the
-    sampler's log pi(o_t | q, o_<t)), mask [B, G, T] float (1 up to and including the first eos), entropy [B, G, T]."""
+    """G completions (or one greedy) of each of B prompts [B, P], each until its first eos or max_len tokens:
+    completions [B, G, T] long (eos after the first eos), the sampler's logp, mask (1 up to the first eos), entropy."""
     B, P = prompts.shape
     seqs = prompts.repeat_interleave(group_size, dim=0)  # [B*G, P]: the G copies of a prompt are adjacent
     done = torch.zeros(B * group_size, dtype=torch.bool, device=prompts.device)
