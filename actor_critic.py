@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field, fields
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 
@@ -83,8 +84,9 @@ class Args:
     eval_episodes: int = arg(10, "episodes for --eval", at_least=1)
 
     def problems(self) -> list[str]:
-        """Constraints between hyperparameters that no single range expresses: none here."""
-        return []
+        """Constraints between hyperparameters (and torchrun's processes) that no single range expresses."""
+        world = share()[1]
+        return [f"--num-envs {self.num_envs} must split evenly over {world} processes"] if self.num_envs % world else []
 
 
 # ---- Networks -------------------------------------------------------------------------------------------------------
@@ -266,6 +268,7 @@ def update(policy, value_net, optimizer, batch, args: Args) -> dict[str, float]:
     optimizer.zero_grad()
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    all_mean([p.grad for p in params])  # under torchrun: the gradient of the mean over every process's T*N steps
     if args.max_grad_norm > 0:
         nn.utils.clip_grad_norm_(params, args.max_grad_norm)
     optimizer.step()
@@ -282,15 +285,16 @@ def update(policy, value_net, optimizer, batch, args: Args) -> dict[str, float]:
 # ---- Training loop --------------------------------------------------------------------------------------------------
 def train(args: Args) -> dict[str, float]:
     """The RL loop: roll out T steps of N envs, take one step on the joint loss, log; until the budget is spent."""
-    device = setup(args)  # seeds, torch threads, the device
-    envs = make_envs(args.env_id, args.num_envs)
+    device = setup(args)  # seeds, torch threads, the device; under torchrun, the process group
+    rank, world = share()  # this process's rank and the number of processes (0, 1 without torchrun)
+    envs = make_envs(args.env_id, args.num_envs // world)  # this process's share of the N envs
     obs_dim = envs.single_observation_space.shape[0]
     policy = Policy(obs_dim, envs.single_action_space, args.hidden_size).to(device)
     value_net = ValueNet(obs_dim, args.hidden_size, shared_with=policy if args.network == "shared" else None).to(device)
     params = list({id(p): p for net in (policy, value_net) for p in net.parameters()}.values())  # shared ones once
     optimizer = torch.optim.Adam(params, lr=args.learning_rate)
-    obs, _ = envs.reset(seed=args.seed)  # env i gets seed + i; later resets continue each env's own generator
-    carry = {"obs": obs, "episode_return": np.zeros(args.num_envs), "episode_length": np.zeros(args.num_envs, int)}
+    obs, _ = envs.reset(seed=args.seed + rank * envs.num_envs)  # env i of N gets seed + i, then its own generator
+    carry = {"obs": obs, "episode_return": np.zeros(envs.num_envs), "episode_length": np.zeros(envs.num_envs, int)}
     with Run(args, envs.envs[0], lambda: {"policy": policy.state_dict(), "value": value_net.state_dict()}) as run:
         while run.global_step < args.total_timesteps:
             batch = rollout(envs, policy, carry, args.num_steps, device, run.on_episode_end)
@@ -301,20 +305,43 @@ def train(args: Args) -> dict[str, float]:
 
 
 # ---- everything below is plumbing, not reinforcement learning -------------------------------------------------------
+# setup() seeds and picks the device; make_env() checks an env's spaces; Run writes a training run (its directory,
+# metrics.csv, episodes.csv, model.pt, progress lines) and handles Ctrl-C, SIGTERM and non-finite numbers;
+# load_checkpoint() and evaluate() serve --eval; validate() and main() the command line. Every error a user can
+# cause is a ValueError, which main() prints as one line before exiting with status 2.
 ALGO = "actor_critic"
 
 
 def setup(args: Args) -> torch.device:
-    """Seed Python, numpy and torch, set torch's CPU threads; the device to use (auto: CUDA if available)."""
     random.seed(args.seed)
     np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # alike on every process: the networks start identical
     torch.set_num_threads(args.torch_threads)
-    return torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = share()
+    if world > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
+    return device
+
+
+def share() -> tuple[int, int]:
+    """(rank, number of processes), as torchrun sets them; (0, 1) for a plain `python script.py`."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def all_mean(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor in place over the processes, whose batches together are the one batch of one process."""
+    if dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+            tensor /= dist.get_world_size()
 
 
 def make_env(env_id: str) -> gym.Env:
-    """gym.make, with the spaces this script supports checked; raises ValueError otherwise."""
     try:
         env = gym.make(env_id)
     except Exception as e:  # an unknown id, a module that does not import, an entry point that fails
@@ -341,10 +368,14 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt(signum)  # Ctrl-C (SIGINT), or SIGTERM from a scheduler, `timeout`, `docker stop`
 
 
+def mean(values: list) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
 class Run:
-    """What a training run writes, around its loop: `with Run(args, env, checkpoint) as run:`. A row of episodes.csv
-    per episode (run.on_episode_end) and of metrics.csv per update (run.log); every --log-interval updates and at the
-    end, model.pt ({algo, args, env spaces, global_step} and the dict checkpoint() returns) and a progress line.
+    """`with Run(args, env, checkpoint) as run:` around the training loop. run.on_episode_end(...): a row of
+    episodes.csv; run.log(steps, stats): a row of metrics.csv per update, and every --log-interval updates (and at
+    the end) model.pt, {algo, args, env spaces, global_step} and the dict checkpoint() returns, and a progress line.
     Ctrl-C or SIGTERM: save, exit 130 or 143. A FloatingPointError: exit 1, keeping the last good checkpoint."""
 
     def __init__(self, args: Args, env: gym.Env, checkpoint):
@@ -352,28 +383,49 @@ class Run:
         self.global_step, self.updates, self.saved, self.returns, self.lengths, self.logged = 0, 0, False, [], [], 0
 
     def __enter__(self) -> Run:
-        try:
-            self.dir = make_run_dir(self.args)
-            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
-            self.episodes = open(os.path.join(self.dir, "episodes.csv"), "w")
-        except OSError as e:
-            raise ValueError(f"--run-dir {self.args.run_dir or 'runs'} cannot be created or written: {e}") from None
-        print("global_step,wall_time,return,length", file=self.episodes, flush=True)
-        self.model_path = os.path.join(self.dir, "model.pt")
+        rank, self.world = share()
+        if self.world > 1:  # the networks were built alike on every process; from here each samples its own actions
+            torch.manual_seed(self.args.seed + rank)
+        self.dir = self.model_path = ""
+        self.metrics, self.episodes = open(os.devnull, "w"), open(os.devnull, "w")
+        if rank == 0:  # rank 0 alone writes the run directory
+            self.open_run_dir()
         self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
-        print(f"{ALGO} on {self.args.env_id} | run dir {self.dir}")
         self.start = self.last = time.time()
         return self
 
+    def open_run_dir(self) -> None:
+        self.dir = self.args.run_dir
+        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
+        if held and not self.args.overwrite:
+            raise ValueError(f"--run-dir {self.dir} already holds a run ({held[0]}); add --overwrite to replace it")
+        try:
+            if not self.dir:  # runs/<algo>__<env>__<seed>__<time>, or _2, _3, ... after it if a run took that name
+                env = "".join(c if c.isalnum() or c in "-_." else "-" for c in self.args.env_id)
+                base = os.path.join("runs", f"{ALGO}__{env}__{self.args.seed}__{int(time.time())}")
+                os.makedirs("runs", exist_ok=True)
+                for self.dir in (base, *(f"{base}_{k}" for k in range(2, 100))):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(self.dir)  # atomic: of two runs started at once, one gets the name
+                        break
+            os.makedirs(self.dir, exist_ok=True)
+            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
+            self.episodes = open(os.path.join(self.dir, "episodes.csv"), "w")
+        except OSError as e:
+            raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
+        print("global_step,wall_time,return,length", file=self.episodes, flush=True)
+        self.model_path = os.path.join(self.dir, "model.pt")
+        print(f"{ALGO} on {self.args.env_id} | {self.world} process(es) | run dir {self.dir}")
+
     def on_episode_end(self, episode_return: float, length: int, steps_so_far: int) -> None:
-        now = round(time.time() - self.start, 3)
-        print(self.global_step + steps_so_far, now, episode_return, length, sep=",", file=self.episodes, flush=True)
+        step, now = self.global_step + steps_so_far * self.world, round(time.time() - self.start, 3)
+        print(step, now, episode_return, length, sep=",", file=self.episodes, flush=True)
         self.returns.append(episode_return)
         self.lengths.append(length)
 
     def log(self, steps: int, stats: dict[str, float]) -> None:
-        """After an update that took `steps` environment steps: a row of metrics.csv, maybe a save and a line."""
         now, ended = time.time(), slice(self.logged, len(self.returns))  # the episodes that ended since the last row
+        steps *= self.world  # every process took as many
         self.global_step, self.updates, self.logged = self.global_step + steps, self.updates + 1, len(self.returns)
         row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
                "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
@@ -387,8 +439,9 @@ class Run:
             numbers = " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("global_step", "wall_time"))
             print(f"step {self.global_step:>8} | return(last 20) {mean(self.returns[-20:]):8.2f} | {numbers}")
 
-    def save(self) -> None:
-        """Write model.pt atomically: a temporary file of this process, then a rename; never a partial file."""
+    def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
+        if not self.model_path:  # a process other than rank 0
+            return
         state = {"algo": ALGO, "args": asdict(self.args), "spaces": self.spaces, "global_step": self.global_step}
         tmp = f"{self.model_path}.{os.getpid()}.tmp"
         try:
@@ -397,7 +450,7 @@ class Run:
             self.saved = True
         finally:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)  # left only if the save was interrupted
+                os.remove(tmp)  # there only if the save was interrupted
 
     def __exit__(self, kind, error, traceback) -> None:
         self.metrics.close()
@@ -414,65 +467,41 @@ class Run:
                 kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
                 print(f"stopped: {cause} at global step {at}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
+            elif error is None:
+                seconds, last_20 = time.time() - self.start, mean(self.returns[-20:])
+                self.summary = {"global_step": self.global_step, "episodes": len(self.returns), "seconds": seconds}
+                print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {seconds:.1f} s; mean return "
+                      f"of the last 20 episodes {last_20:.2f}; files in {self.dir}")  # fmt: skip
         finally:
             signal.signal(signal.SIGINT, signals[signal.SIGINT])
             signal.signal(signal.SIGTERM, self.previous_sigterm)
-        self.summary = {
-            "global_step": self.global_step,
-            "episodes": len(self.returns),
-            "seconds": time.time() - self.start,
-        }
-        print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {self.summary['seconds']:.1f} s; mean "
-              f"return of the last 20 episodes {mean(self.returns[-20:]):.2f}; files in {self.dir}")  # fmt: skip
-
-
-def mean(values: list) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
-def make_run_dir(args: Args) -> str:
-    """--run-dir, refused if it holds a run (unless --overwrite), or a new runs/<algo>__<env>__<seed>__<time>[_k]."""
-    if args.run_dir:
-        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(args.run_dir, f))]
-        if held and not args.overwrite:
-            raise ValueError(f"--run-dir {args.run_dir} already holds a run ({held[0]}); add --overwrite to replace it")
-        os.makedirs(args.run_dir, exist_ok=True)
-        return args.run_dir
-    env = "".join(c if c.isalnum() or c in "-_." else "-" for c in args.env_id)
-    base = os.path.join("runs", f"{ALGO}__{env}__{args.seed}__{int(time.time())}")
-    os.makedirs("runs", exist_ok=True)
-    for path in [base, *(f"{base}_{k}" for k in range(2, 100))]:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path)  # atomic: a run started in the same second takes the next name
-            return path
-    raise FileExistsError(f"{base}_99 exists")
 
 
 def load_checkpoint(path: str) -> dict:
-    """The checkpoint at path if this script wrote it, complete, with args it accepts and finite weights; else
-    ValueError, naming what is wrong."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: a file runs no code
     except FileNotFoundError:
         raise ValueError(f"checkpoint not found: {path}") from None
     except Exception as e:
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
     if not isinstance(state, dict) or state.get("algo") != ALGO:
         raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
+    names, parts = {f.name for f in fields(Args)}, ("args", "spaces", "global_step", "policy")
+    if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
+        raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
     try:
         validate(Args(**state["args"]))
-        state["spaces"], state["global_step"], state["policy"]  # noqa: B018  present, or KeyError
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is not a complete checkpoint of this {ALGO}.py ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
     if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
         raise ValueError(f"{path} holds non-finite weights")
     return state
 
 
-def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple[float, float]:
-    """Run a saved policy greedily for `episodes` episodes on env_id (default: the env it was trained on, and
-    another must have the same spaces); return (mean, std) of the returns."""
+def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple:
+    """Greedy episodes of a saved policy on env_id (default: its own env; another must have the same spaces):
+    (mean, std) of the returns, and the env's id."""
     state = load_checkpoint(path)
     args = Args(**{**state["args"], "seed": seed, "device": device_name})
     env = make_env(env_id or args.env_id)
@@ -494,12 +523,10 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env
             steps, total, done = steps + 1, total + float(reward), terminated or truncated
             check_finite(obs, reward, steps)  # the environment's fault, named as in training
         returns.append(total)
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), env_id or args.env_id
 
 
 def validate(args: Args) -> None:
-    """Raise ValueError, naming the flag, unless every number is finite and within the bounds its arg() declares
-    and Args.problems() finds nothing."""
     bounds = {"above": (operator.gt, ">"), "at_least": (operator.ge, ">="), "below": (operator.lt, "<"),
               "at_most": (operator.le, "<=")}  # fmt: skip
     for f in fields(args):
@@ -533,10 +560,9 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         if args.eval:  # on the checkpoint's env, unless --env-id names another one with the same spaces
             env_id = args.env_id if any(a.split("=")[0] == "--env-id" for a in argv) else ""
-            mean_return, std = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
-            env_id = env_id or load_checkpoint(args.eval)["args"]["env_id"]
+            mean_return, std, env_id = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
             print(
-                f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f} ({args.eval_episodes} ep.)"
+                f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f}, {args.eval_episodes} runs"
             )
         else:
             train(args)
