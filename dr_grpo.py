@@ -360,12 +360,14 @@ def train(args: Args) -> dict[str, float]:
 
 
 # ---- everything below is plumbing, not reinforcement learning -------------------------------------------------------
+# setup() seeds and picks the device; Run writes a training run (its directory, metrics.csv, groups.csv, model.pt,
+# progress lines) and handles Ctrl-C, SIGTERM and non-finite numbers; load_checkpoint() and evaluate() serve --eval;
+# validate() and main() the command line. Every error a user can cause is a ValueError: one line, exit status 2.
 ALGO = "dr_grpo"
 
 
 def setup(args: Args) -> torch.device:
-    """Seed torch (nothing here draws from Python's or numpy's generators), set its CPU threads; the device."""
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # nothing here draws from Python's or numpy's generators
     torch.set_num_threads(args.torch_threads)
     return torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
 
@@ -375,30 +377,43 @@ def interrupt(signum, frame):
 
 
 class Run:
-    """What a training run writes, around its loop: `with Run(args, checkpoint) as run:`. Per update (run.log), a row
-    of metrics.csv and one of groups.csv per group; every --log-interval updates and at the end, model.pt ({algo, args,
-    vocab, num_digits, global_step: the updates} and the dict checkpoint() returns) and a progress line. Ctrl-C or
+    """`with Run(args, checkpoint) as run:` around the training loop. run.log(batch, stats) after each update: a row of
+    metrics.csv, one of groups.csv per group, and every --log-interval updates (and at the end) model.pt, {algo, args,
+    vocab, num_digits, global_step: the updates} and the dict checkpoint() returns, and a progress line. Ctrl-C or
     SIGTERM: save, exit 130 or 143. A FloatingPointError: exit 1, keeping the last good checkpoint."""
 
     def __init__(self, args: Args, checkpoint):
         self.args, self.checkpoint, self.global_step, self.saved, self.row = args, checkpoint, 0, False, {}
 
     def __enter__(self) -> Run:
-        try:
-            self.dir = make_run_dir(self.args)
-            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
-            self.groups = open(os.path.join(self.dir, "groups.csv"), "w")
-        except OSError as e:
-            raise ValueError(f"--run-dir {self.args.run_dir or 'runs'} cannot be created or written: {e}") from None
-        print("global_step,p_right,n_right,advantage_right,advantage_wrong", file=self.groups, flush=True)
-        self.model_path = os.path.join(self.dir, "model.pt")
+        self.open_run_dir()
         self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
-        print(f"{ALGO} on task {self.args.task} | run dir {self.dir}")
         self.start = self.last = time.time()
         return self
 
+    def open_run_dir(self) -> None:
+        self.dir = self.args.run_dir
+        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
+        if held and not self.args.overwrite:
+            raise ValueError(f"--run-dir {self.dir} already holds a run ({held[0]}); add --overwrite to replace it")
+        try:
+            if not self.dir:  # runs/<algo>__<task>__<seed>__<time>, or _2, _3, ... after it if a run took that name
+                base = os.path.join("runs", f"{ALGO}__{self.args.task}__{self.args.seed}__{int(time.time())}")
+                os.makedirs("runs", exist_ok=True)
+                for self.dir in (base, *(f"{base}_{k}" for k in range(2, 100))):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(self.dir)  # atomic: of two runs started at once, one gets the name
+                        break
+            os.makedirs(self.dir, exist_ok=True)
+            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
+            self.groups = open(os.path.join(self.dir, "groups.csv"), "w")
+        except OSError as e:
+            raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
+        print("global_step,p_right,n_right,advantage_right,advantage_wrong", file=self.groups, flush=True)
+        self.model_path = os.path.join(self.dir, "model.pt")
+        print(f"{ALGO} on task {self.args.task} | run dir {self.dir}")
+
     def log(self, batch: dict[str, torch.Tensor], stats: dict[str, float]) -> None:
-        """After an update on rollout()'s batch: a row of metrics.csv and of groups.csv, maybe a save and a line."""
         now, self.global_step = time.time(), self.global_step + 1
         mask, right, advantages = batch["mask"], batch["rewards"] > 0, batch["advantages"]
         lengths, n_right = mask.sum(-1), right.sum(-1)
@@ -421,8 +436,7 @@ class Run:
             numbers = " | ".join(f"{k} {v:.4g}" for k, v in self.row.items() if k != "global_step")
             print(f"update {self.global_step:>5} | {numbers}")
 
-    def save(self) -> None:
-        """Write model.pt atomically: a temporary file of this process, then a rename; never a partial file."""
+    def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
         state = {"algo": ALGO, "args": asdict(self.args), "vocab": VOCAB, "num_digits": NUM_DIGITS,
                  "global_step": self.global_step}  # fmt: skip
         tmp = f"{self.model_path}.{os.getpid()}.tmp"
@@ -432,7 +446,7 @@ class Run:
             self.saved = True
         finally:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)  # left only if the save was interrupted
+                os.remove(tmp)  # there only if the save was interrupted
 
     def __exit__(self, kind, error, traceback) -> None:
         self.metrics.close()
@@ -446,50 +460,34 @@ class Run:
                 kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
                 print(f"stopped: non-finite {error} at update {self.global_step + 1}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
+            elif error is None:
+                seconds, accuracy = time.time() - self.start, self.row["eval_accuracy"]
+                self.summary = {"global_step": self.global_step, "eval_accuracy": accuracy, "seconds": seconds}
+                print(f"done: {self.global_step} updates in {seconds:.1f} s; greedy accuracy on the held-out prompts "
+                      f"{accuracy:.3f}; files in {self.dir}")  # fmt: skip
         finally:
             signal.signal(signal.SIGINT, signals[signal.SIGINT])
             signal.signal(signal.SIGTERM, self.previous_sigterm)
-        accuracy = self.row.get("eval_accuracy", float("nan"))
-        self.summary = {"global_step": self.global_step, "eval_accuracy": accuracy, "seconds": time.time() - self.start}
-        print(f"done: {self.global_step} updates in {self.summary['seconds']:.1f} s; greedy accuracy on the held-out "
-              f"prompts {accuracy:.3f}; files in {self.dir}")  # fmt: skip
-
-
-def make_run_dir(args: Args) -> str:
-    """--run-dir, refused if it holds a run (unless --overwrite), or a new runs/<algo>__<task>__<seed>__<time>[_k]."""
-    if args.run_dir:
-        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(args.run_dir, f))]
-        if held and not args.overwrite:
-            raise ValueError(f"--run-dir {args.run_dir} already holds a run ({held[0]}); add --overwrite to replace it")
-        os.makedirs(args.run_dir, exist_ok=True)
-        return args.run_dir
-    base = os.path.join("runs", f"{ALGO}__{args.task}__{args.seed}__{int(time.time())}")
-    os.makedirs("runs", exist_ok=True)
-    for path in [base, *(f"{base}_{k}" for k in range(2, 100))]:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path)  # atomic: a run started in the same second takes the next name
-            return path
-    raise FileExistsError(f"{base}_99 exists")
 
 
 def load_checkpoint(path: str) -> dict:
-    """The checkpoint at path if this script wrote it, complete, with args it accepts (on any device) and finite
-    weights; else ValueError, naming what is wrong."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: a file runs no code
     except FileNotFoundError:
         raise ValueError(f"checkpoint not found: {path}") from None
     except Exception as e:
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
     if not isinstance(state, dict) or state.get("algo") != ALGO:
         raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
+    names, parts = {f.name for f in fields(Args)}, ("args", "vocab", "num_digits", "global_step", "policy")
+    if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
+        raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
+    if state["vocab"] != VOCAB or state["num_digits"] != NUM_DIGITS:
+        raise ValueError(f"{path} was trained with another vocabulary or prompt length than this {ALGO}.py")
     try:
         validate(Args(**{**state["args"], "device": "auto"}))  # trained on CUDA, it may be evaluated on a CPU
-        state["global_step"], state["policy"]  # noqa: B018  present, or KeyError
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is not a complete checkpoint of this {ALGO}.py ({type(e).__name__}: {e})") from None
-    if state.get("vocab") != VOCAB or state.get("num_digits") != NUM_DIGITS:
-        raise ValueError(f"{path} was trained with another vocabulary or prompt length than this {ALGO}.py")
+    except (TypeError, ValueError) as e:  # TypeError: a value of another type than its flag's
+        raise ValueError(f"{path}: {e}") from None
     tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
     if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
         raise ValueError(f"{path} holds non-finite weights")
@@ -513,8 +511,6 @@ def evaluate(path: str, device_name: str = "auto") -> tuple[float, int, str]:
 
 
 def validate(args: Args) -> None:
-    """Raise ValueError, naming the flag, unless every number is finite and within the bounds its arg() declares,
-    every choice is one it offers, and Args.problems() finds nothing."""
     bounds = {"above": (operator.gt, ">"), "at_least": (operator.ge, ">="), "below": (operator.lt, "<"),
               "at_most": (operator.le, "<=")}  # fmt: skip
     for f in fields(args):
