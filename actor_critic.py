@@ -490,7 +490,7 @@ def load_checkpoint(path: str) -> dict:
     if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
         raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
     try:
-        validate(Args(**state["args"]))
+        validate(Args(**{**state["args"], "device": "auto"}))  # trained on CUDA, evaluated where there is none
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
