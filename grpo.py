@@ -50,6 +50,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -93,10 +94,13 @@ class Args:
     eval: str = arg("", "path of a model.pt: report its greedy accuracy on the held-out prompts and exit")
 
     def problems(self) -> list[str]:
-        """The heads split the width; one update's work is bounded, so that Ctrl-C and SIGTERM act within seconds."""
+        """The heads split the width; the prompts split over torchrun's processes; one update's work is bounded, so
+        that Ctrl-C and SIGTERM act within seconds."""
         tokens = self.prompts_per_update * self.group_size * (NUM_DIGITS + 1 + self.max_completion_len)
-        work = tokens * self.n_layers * max(self.d_model, 64) ** 2
+        work, world = tokens * self.n_layers * max(self.d_model, 64) ** 2, share()[1]
         checks = [(self.d_model % self.n_heads == 0, f"--n-heads {self.n_heads} must divide --d-model {self.d_model}"),
+                  (self.prompts_per_update % world == 0,
+                   f"--prompts-per-update {self.prompts_per_update} must split evenly over {world} processes"),
                   (work <= MAX_WORK, f"--prompts-per-update x --group-size x (4 + --max-completion-len) x --n-layers x "
                                      f"max(--d-model, 64)^2 must be <= {MAX_WORK} (got {work})")]  # fmt: skip
         return [message for ok, message in checks if not ok]
@@ -299,9 +303,10 @@ def token_logprobs(policy: nn.Module, prompts: torch.Tensor, completions: torch.
 
 
 def rollout(policy: nn.Module, reference: nn.Module, task: Task, args: Args, generator: torch.Generator) -> dict:
-    """B training prompts [B, P], G completions of each from the policy (pi_old: sample()'s batch), their rewards
-    and advantages [B, G], the frozen reference's ref_logp [B, G, T], and p_right = pi_old(answer | prompt) [B]."""
-    prompts, answers = task.training_batch(args.prompts_per_update, generator)
+    """B training prompts [B, P] (under torchrun, this process's B/R), G completions of each from the policy (pi_old:
+    sample()'s batch), their rewards and advantages [B, G], the frozen reference's ref_logp [B, G, T], and p_right =
+    pi_old(answer | prompt) [B]."""
+    prompts, answers = task.training_batch(args.prompts_per_update // share()[1], generator)
     batch = sample(policy, prompts, args.group_size, args.max_completion_len, EOS, generator)
     rewards = Task.reward(answers, batch["completions"])
     with torch.no_grad():
@@ -313,8 +318,10 @@ def rollout(policy: nn.Module, reference: nn.Module, task: Task, args: Args, gen
 
 # ---- Update ---------------------------------------------------------------------------------------------------------
 def update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, args: Args) -> dict[str, float]:
-    """num_iterations gradient steps on one batch of groups; pi_old is the sampler, fixed throughout."""
-    mask, stats = batch["mask"], {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+    """num_iterations gradient steps on one batch of groups; pi_old is the sampler, fixed throughout. Under torchrun
+    each of R processes holds B/R whole groups: its loss is the mean over its B/R prompts, so the mean of the R
+    gradients is that of the loss over all B, and the statistics are means over every process's tokens."""
+    mask, sums, tokens = batch["mask"], 0.0, batch["mask"].sum()
     for _ in range(args.num_iterations):
         logp = token_logprobs(policy, batch["prompts"], batch["completions"])
         loss = grpo_loss(logp, batch["logp"], batch["ref_logp"], batch["advantages"], mask,
@@ -323,28 +330,29 @@ def update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, arg
             raise FloatingPointError("loss")
         optimizer.zero_grad()
         loss.backward()
+        all_mean([p.grad for p in policy.parameters()])  # under torchrun: the gradient of the loss over all B groups
         if args.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
         optimizer.step()
         with torch.no_grad():
-            kl = (kl_penalty(logp, batch["ref_logp"], "k3") * mask).sum() / mask.sum()
-            clipped = clip_fraction(logp, batch["logp"], batch["advantages"], mask, args.clip_eps)
-        for name, value in (("loss", loss), ("kl", kl), ("clip_fraction", clipped)):
-            stats[name] += value.item() / args.num_iterations
+            kl = (kl_penalty(logp, batch["ref_logp"], "k3") * mask).sum()  # the sums of the token means below
+            clipped = clip_fraction(logp, batch["logp"], batch["advantages"], mask, args.clip_eps) * tokens
+            sums = sums + torch.stack([loss.detach(), kl, clipped, tokens]) / args.num_iterations
+    all_mean([sums])  # under torchrun: the loss over all B groups, the sums and the token count over every process
     if not all(torch.isfinite(p).all() for p in policy.parameters()):
         raise FloatingPointError("parameters")
-    return stats
+    return {"loss": sums[0].item(), "kl": (sums[1] / sums[3]).item(), "clip_fraction": (sums[2] / sums[3]).item()}
 
 
 # ---- Training loop --------------------------------------------------------------------------------------------------
 def train(args: Args) -> dict[str, float]:
     """The RL loop: sample a group of completions for each of B prompts, take num_iterations steps on the loss, log."""
-    device = setup(args)  # seeds, torch threads, the device
+    device = setup(args)  # seeds, torch threads, the device; under torchrun, the process group
     task = Task(args.task, device)
     policy = make_policy(args).to(device)
     reference = copy.deepcopy(policy).requires_grad_(False)  # pi_ref: the frozen initial policy
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    generator = torch.Generator(device=device).manual_seed(args.seed + share()[0])  # each process its own groups
     with Run(args, lambda: {"policy": policy.state_dict()}) as run:
         while run.global_step < args.total_updates:
             batch = rollout(policy, reference, task, args, generator)
@@ -361,9 +369,39 @@ ALGO = "grpo"
 
 
 def setup(args: Args) -> torch.device:
-    torch.manual_seed(args.seed)  # nothing here draws from Python's or numpy's generators
+    torch.manual_seed(args.seed)  # alike on every process: the networks start identical (nothing draws from numpy's)
     torch.set_num_threads(args.torch_threads)
-    return torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = share()
+    if world > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
+    return device
+
+
+def share() -> tuple[int, int]:
+    """(rank, number of processes), as torchrun sets them; (0, 1) for a plain `python script.py`."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def all_mean(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor in place over the processes, whose batches together are the one batch of one process."""
+    if dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+            tensor /= dist.get_world_size()
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Every process's x [b, ...], concatenated in rank order under torchrun (the B prompts of one batch); else x."""
+    if not dist.is_initialized():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 def interrupt(signum, frame):
@@ -380,7 +418,11 @@ class Run:
         self.args, self.checkpoint, self.global_step, self.saved, self.row = args, checkpoint, 0, False, {}
 
     def __enter__(self) -> Run:
-        self.open_run_dir()
+        rank, self.world = share()
+        self.dir = self.model_path = ""
+        self.metrics, self.groups = open(os.devnull, "w"), open(os.devnull, "w")
+        if rank == 0:  # rank 0 alone writes the run directory
+            self.open_run_dir()
         self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
         self.start = self.last = time.time()
         return self
@@ -405,10 +447,11 @@ class Run:
             raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
         print("global_step,p_right,n_right,advantage_right,advantage_wrong", file=self.groups, flush=True)
         self.model_path = os.path.join(self.dir, "model.pt")
-        print(f"{ALGO} on task {self.args.task} | run dir {self.dir}")
+        print(f"{ALGO} on task {self.args.task} | {self.world} process(es) | run dir {self.dir}")
 
     def log(self, batch: dict[str, torch.Tensor], stats: dict[str, float]) -> None:
         now, self.global_step = time.time(), self.global_step + 1
+        batch = {k: gather(batch[k]) for k in ("mask", "rewards", "advantages", "entropy", "p_right")}  # all B prompts
         mask, right, advantages = batch["mask"], batch["rewards"] > 0, batch["advantages"]
         lengths, n_right = mask.sum(-1), right.sum(-1)
         self.row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
@@ -431,6 +474,8 @@ class Run:
             print(f"update {self.global_step:>5} | {numbers}")
 
     def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
+        if not self.model_path:  # a process other than rank 0
+            return
         state = {"algo": ALGO, "args": asdict(self.args), "vocab": VOCAB, "num_digits": NUM_DIGITS,
                  "global_step": self.global_step}  # fmt: skip
         tmp = f"{self.model_path}.{os.getpid()}.tmp"

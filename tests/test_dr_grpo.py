@@ -29,6 +29,7 @@ from test_grpo import (
     WIRING_ARGS,
     assert_kl_penalty_gradient,
     assert_learning_rate_is_constant,
+    assert_two_processes_update_as_one_on_their_union,
     grpo_advantage,
     grpo_state,
 )
@@ -270,6 +271,11 @@ def test_every_hyperparameter_of_the_loss_reaches_update():
     assert_each_hyperparameter_changes_the_update(
         state, lambda s, args: dr_grpo.update(*s, batch, args), DR_WIRING_ARGS, changes
     )
+
+
+def test_update_on_two_processes_is_the_update_of_one_on_their_union(tmp_path):
+    """test_grpo.py's check, on dr_grpo's update(): each process divides its token sums by the same constant T."""
+    assert_two_processes_update_as_one_on_their_union("dr_grpo", DR_WIRING_ARGS, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------

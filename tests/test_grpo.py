@@ -5,6 +5,9 @@ measure how far it is from the true grad J (computed by finite differences of th
 """
 
 import copy
+import csv
+import dataclasses
+import importlib
 import itertools
 import math
 import os
@@ -26,8 +29,14 @@ from exact import (
     fd_grad,
     one_group_per_prompt,
 )
+from processes import on_two_processes
 from runs import short_grpo_run_learns_and_eval_reloads
-from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
+from wiring import (
+    assert_each_hyperparameter_changes_the_update,
+    assert_update_is_hand_built_steps,
+    flat_parameters,
+    optimiser_step,
+)
 
 import dr_grpo
 import grpo
@@ -498,7 +507,7 @@ def wiring_batch(policy, seed: int, B: int = 3, G: int = 4) -> dict[str, torch.T
     rewards = (torch.rand(B, G, generator=gen) < 0.5).float()  # random, so that every group has an advantage
     with torch.no_grad():
         batch["ref_logp"] = grpo.token_logprobs(tiny_policy(seed + 100), prompts, batch["completions"])
-    batch.update(prompts=prompts, advantages=grpo.group_advantages(rewards.to(F64)))
+    batch.update(prompts=prompts, rewards=rewards, advantages=grpo.group_advantages(rewards.to(F64)))
     return batch
 
 
@@ -531,6 +540,87 @@ def test_every_hyperparameter_of_the_loss_reaches_update():
     assert_each_hyperparameter_changes_the_update(
         state, lambda s, args: grpo.update(*s, batch, args), WIRING_ARGS, changes
     )
+
+
+def rows(path) -> list[dict[str, float]]:
+    """A CSV file's rows, every value a float, without the columns that depend on the clock."""
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if k not in ("wall_time", "tokens_per_second")}
+                for row in csv.DictReader(f)]  # fmt: skip
+
+
+def union_batch(policy) -> dict[str, torch.Tensor]:
+    """4 prompts, 3 completions each, halves of 20 and 14 tokens whose longest completions have 5 and 4: a token mean
+    or a longest length taken per process is not the batch's."""
+    batch = wiring_batch(policy, 28, B=4, G=3)
+    batch["p_right"] = batch["logp"][:, 0, 0].exp()  # any [B] column for groups.csv
+    return batch
+
+
+def update_and_log_a_share(rank: int | None, name: str, args, run_dir: str) -> dict:
+    """update() of grpo_state()'s policy and warmed-up Adam on union_batch() (rank None), or on process `rank`'s 2 of
+    its 4 prompts, then Run.log of that batch into run_dir: the parameters, update()'s statistics and the rows rank 0
+    wrote."""
+    module = importlib.import_module(name)
+    (policy, optimizer), _ = grpo_state()
+    batch = union_batch(policy)
+    share = batch if rank is None else {k: v[2 * rank : 2 * rank + 2] for k, v in batch.items()}
+    stats = module.update(policy, optimizer, share, args)
+    args = dataclasses.replace(args, run_dir=run_dir, total_updates=1)
+    with module.Run(args, lambda: {"policy": policy.state_dict()}) as run:
+        run.log(share, {**stats, "eval_accuracy": 0.5})
+    files = {f: rows(os.path.join(run_dir, f)) for f in ("metrics.csv", "groups.csv")} if rank in (0, None) else {}
+    return {"parameters": flat_parameters([policy]), "stats": stats, "files": files}
+
+
+def train_on_a_share(rank: int, name: str, run_dir: str) -> dict:
+    """train() for 2 updates of 4 prompts on process `rank` of 2: the prompts of each batch, the final parameters."""
+    module, prompts, trained = importlib.import_module(name), [], []
+    real_update = module.update
+
+    def recording_update(policy, optimizer, batch, args):
+        prompts.append(batch["prompts"])
+        trained[:] = [policy]
+        return real_update(policy, optimizer, batch, args)
+
+    module.update = recording_update
+    args = module.Args(total_updates=2, prompts_per_update=4, group_size=2, max_completion_len=3, d_model=8,
+                       n_layers=1, n_heads=1, device="cpu", run_dir=run_dir)  # fmt: skip
+    module.train(args)
+    return {"prompts": torch.stack(prompts), "parameters": flat_parameters(trained)}
+
+
+def on_two_processes_as_on_one(rank: int, name: str, args, tmp: str) -> dict:
+    """On process `rank` of 2: update_and_log_a_share into tmp/update, then train_on_a_share into tmp/train."""
+    return {"update": update_and_log_a_share(rank, name, args, os.path.join(tmp, "update")),
+            "train": train_on_a_share(rank, name, os.path.join(tmp, "train"))}  # fmt: skip
+
+
+def assert_two_processes_update_as_one_on_their_union(name: str, args, tmp_path) -> None:
+    """torchrun's split of a batch of 4 prompts into 2 whole groups per process: after update(), the parameters and
+    update()'s statistics on both processes are the one-process ones on all 4 (float64, rtol 1e-12); rank 0 alone
+    writes, and its metrics.csv and groups.csv rows are those of one process. Through train(): the two processes
+    sample different prompts and end with identical parameters; one run directory."""
+    lengths = union_batch(grpo_state()[0][0])["mask"].sum(-1)
+    assert lengths[:2].sum() != lengths[2:].sum() and lengths[:2].max() != lengths[2:].max()
+    one = update_and_log_a_share(None, name, args, str(tmp_path / "one"))
+    two = on_two_processes(on_two_processes_as_on_one, name, args, str(tmp_path / "two"))
+    for process in two:
+        assert_close(process["update"]["parameters"], one["parameters"], rtol=1e-12)
+        for k, v in one["stats"].items():
+            assert process["update"]["stats"][k] == pytest.approx(v, rel=1e-12, abs=0), k
+    for f, expected in one["files"].items():
+        for row, expected_row in zip(two[0]["update"]["files"][f], expected, strict=True):
+            assert row == pytest.approx(expected_row, rel=1e-12, abs=0, nan_ok=True), f
+    assert sorted(os.listdir(tmp_path / "two" / "update")) == ["groups.csv", "metrics.csv", "model.pt"]
+    trained = [process["train"] for process in two]
+    assert not torch.equal(trained[0]["prompts"], trained[1]["prompts"]), "both processes sampled the same prompts"
+    assert torch.equal(trained[0]["parameters"], trained[1]["parameters"])
+    assert len(rows(tmp_path / "two" / "train" / "metrics.csv")) == 2
+
+
+def test_update_on_two_processes_is_the_update_of_one_on_their_union(tmp_path):
+    assert_two_processes_update_as_one_on_their_union("grpo", WIRING_ARGS, tmp_path)
 
 
 @pytest.mark.parametrize("module", [grpo, dr_grpo], ids=["grpo", "dr_grpo"])  # dr_grpo.py samples as grpo.py does
