@@ -570,7 +570,7 @@ def update_and_log_a_share(rank: int | None, name: str, args, run_dir: str) -> d
     with module.Run(args, lambda: {"policy": policy.state_dict()}) as run:
         run.log(share, {**stats, "eval_accuracy": 0.5})
     files = {f: rows(os.path.join(run_dir, f)) for f in ("metrics.csv", "groups.csv")} if rank in (0, None) else {}
-    return {"parameters": flat_parameters([policy]), "stats": stats, "files": files}
+    return {"parameters": flat_parameters([policy]), "stats": stats, "files": files, "run_dir": run.dir}
 
 
 def train_on_a_share(rank: int, name: str, run_dir: str) -> dict:
@@ -613,7 +613,9 @@ def assert_two_processes_update_as_one_on_their_union(name: str, args, tmp_path)
         for row, expected_row in zip(two[0]["update"]["files"][f], expected, strict=True):
             assert row == pytest.approx(expected_row, rel=1e-12, abs=0, nan_ok=True), f
     assert sorted(os.listdir(tmp_path / "two" / "update")) == ["groups.csv", "metrics.csv", "model.pt"]
+    assert two[1]["update"]["run_dir"] == "", "rank 1 opened the run directory"
     trained = [process["train"] for process in two]
+    assert trained[0]["prompts"].shape[:2] == (2, 2), "each of 2 updates must sample 2 of the 4 prompts here"
     assert not torch.equal(trained[0]["prompts"], trained[1]["prompts"]), "both processes sampled the same prompts"
     assert torch.equal(trained[0]["parameters"], trained[1]["parameters"])
     assert len(rows(tmp_path / "two" / "train" / "metrics.csv")) == 2
@@ -751,6 +753,17 @@ def test_the_limits_of_one_update_are_bad_input(module, tmp_path, capsys):
     err = refused(module, [*flags(one_more), *cheap], capsys)  # width 8 counts as 64: still too much work
     assert "--prompts-per-update" in err and str(module.MAX_WORK) in err, err
     assert not (tmp_path / "run").exists()
+
+
+@BOTH
+def test_prompts_that_do_not_split_over_the_processes_are_bad_input(module, monkeypatch, tmp_path, capsys):
+    """Under torchrun (its WORLD_SIZE), --prompts-per-update is the total: 3 prompts on 2 processes is refused before
+    any process group or run directory, with one line naming the flag; 4 pass validate()."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    err = refused(module, [*TINY[2:], "--prompts-per-update", "3", "--run-dir", str(tmp_path / "run")], capsys)
+    assert "--prompts-per-update 3 must split evenly over 2 processes" in err, err
+    assert not (tmp_path / "run").exists()
+    module.validate(module.Args(prompts_per_update=4))
 
 
 @BOTH
