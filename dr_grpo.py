@@ -101,8 +101,7 @@ class Args:
     eval: str = arg("", "path of a model.pt: report its greedy accuracy on the held-out prompts and exit")
 
     def problems(self) -> list[str]:
-        """The heads split the width; the prompts split over torchrun's processes; one update's work is bounded, so
-        that Ctrl-C and SIGTERM act within seconds."""
+        """The heads split the width, the prompts the processes; an update's work is bounded: Ctrl-C acts in seconds."""
         tokens = self.prompts_per_update * self.group_size * (NUM_DIGITS + 1 + self.max_completion_len)
         work, world = tokens * self.n_layers * max(self.d_model, 64) ** 2, share()[1]
         checks = [(self.d_model % self.n_heads == 0, f"--n-heads {self.n_heads} must divide --d-model {self.d_model}"),
@@ -309,9 +308,8 @@ def token_logprobs(policy: nn.Module, prompts: torch.Tensor, completions: torch.
 
 
 def rollout(policy: nn.Module, reference: nn.Module, task: Task, args: Args, generator: torch.Generator) -> dict:
-    """B training prompts [B, P] (under torchrun, this process's B/R), G completions of each from the policy (pi_old:
-    sample()'s batch), their rewards and advantages [B, G], the frozen reference's ref_logp [B, G, T], and p_right =
-    pi_old(answer | prompt) [B]."""
+    """This process's B training prompts [B, P], G completions of each from the policy (pi_old: sample()'s batch), their
+    rewards and advantages [B, G], the frozen reference's ref_logp [B, G, T], p_right = pi_old(answer | prompt) [B]."""
     prompts, answers = task.training_batch(args.prompts_per_update // share()[1], generator)
     batch = sample(policy, prompts, args.group_size, args.max_completion_len, EOS, generator)
     rewards = Task.reward(answers, batch["completions"])

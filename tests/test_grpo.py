@@ -590,30 +590,39 @@ def train_on_a_share(rank: int, name: str, run_dir: str) -> dict:
     return {"prompts": torch.stack(prompts), "parameters": flat_parameters(trained)}
 
 
+def with_and_without_clip(args) -> dict:
+    """args, and args without the gradient clip: a clipped gradient hides any factor on the loss, such as 1/B."""
+    return {"clipped": args, "unclipped": dataclasses.replace(args, max_grad_norm=0.0)}
+
+
 def on_two_processes_as_on_one(rank: int, name: str, args, tmp: str) -> dict:
-    """On process `rank` of 2: update_and_log_a_share into tmp/update, then train_on_a_share into tmp/train."""
-    return {"update": update_and_log_a_share(rank, name, args, os.path.join(tmp, "update")),
-            "train": train_on_a_share(rank, name, os.path.join(tmp, "train"))}  # fmt: skip
+    """On process `rank` of 2: update_and_log_a_share into tmp/clipped and tmp/unclipped, train_on_a_share into
+    tmp/train."""
+    update = {
+        k: update_and_log_a_share(rank, name, a, os.path.join(tmp, k)) for k, a in with_and_without_clip(args).items()
+    }
+    return {"update": update, "train": train_on_a_share(rank, name, os.path.join(tmp, "train"))}
 
 
 def assert_two_processes_update_as_one_on_their_union(name: str, args, tmp_path) -> None:
-    """torchrun's split of a batch of 4 prompts into 2 whole groups per process: after update(), the parameters and
-    update()'s statistics on both processes are the one-process ones on all 4 (float64, rtol 1e-12); rank 0 alone
-    writes, and its metrics.csv and groups.csv rows are those of one process. Through train(): the two processes
-    sample different prompts and end with identical parameters; one run directory."""
+    """torchrun's split of a batch of 4 prompts into 2 whole groups per process: after update(), with and without the
+    gradient clip, the parameters and update()'s statistics on both processes are the one-process ones on all 4
+    (float64, rtol 1e-12); rank 0 alone writes, and its metrics.csv and groups.csv rows are those of one process.
+    Through train(): the two processes sample different prompts and end with identical parameters; one run dir."""
     lengths = union_batch(grpo_state()[0][0])["mask"].sum(-1)
     assert lengths[:2].sum() != lengths[2:].sum() and lengths[:2].max() != lengths[2:].max()
-    one = update_and_log_a_share(None, name, args, str(tmp_path / "one"))
     two = on_two_processes(on_two_processes_as_on_one, name, args, str(tmp_path / "two"))
-    for process in two:
-        assert_close(process["update"]["parameters"], one["parameters"], rtol=1e-12)
-        for k, v in one["stats"].items():
-            assert process["update"]["stats"][k] == pytest.approx(v, rel=1e-12, abs=0), k
-    for f, expected in one["files"].items():
-        for row, expected_row in zip(two[0]["update"]["files"][f], expected, strict=True):
-            assert row == pytest.approx(expected_row, rel=1e-12, abs=0, nan_ok=True), f
-    assert sorted(os.listdir(tmp_path / "two" / "update")) == ["groups.csv", "metrics.csv", "model.pt"]
-    assert two[1]["update"]["run_dir"] == "", "rank 1 opened the run directory"
+    for clip, clip_args in with_and_without_clip(args).items():
+        one = update_and_log_a_share(None, name, clip_args, str(tmp_path / "one" / clip))
+        for process in two:
+            assert_close(process["update"][clip]["parameters"], one["parameters"], rtol=1e-12)
+            for k, v in one["stats"].items():
+                assert process["update"][clip]["stats"][k] == pytest.approx(v, rel=1e-12, abs=0), (clip, k)
+        for f, expected in one["files"].items():
+            for row, expected_row in zip(two[0]["update"][clip]["files"][f], expected, strict=True):
+                assert row == pytest.approx(expected_row, rel=1e-12, abs=0, nan_ok=True), (clip, f)
+        assert sorted(os.listdir(tmp_path / "two" / clip)) == ["groups.csv", "metrics.csv", "model.pt"]
+        assert two[1]["update"][clip]["run_dir"] == "", "rank 1 opened the run directory"
     trained = [process["train"] for process in two]
     assert trained[0]["prompts"].shape[:2] == (2, 2), "each of 2 updates must sample 2 of the 4 prompts here"
     assert not torch.equal(trained[0]["prompts"], trained[1]["prompts"]), "both processes sampled the same prompts"
