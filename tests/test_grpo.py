@@ -5,13 +5,14 @@ measure how far it is from the true grad J (computed by finite differences of th
 """
 
 import copy
-import csv
 import dataclasses
 import importlib
 import itertools
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -30,7 +31,7 @@ from exact import (
     one_group_per_prompt,
 )
 from processes import on_two_processes
-from runs import short_grpo_run_learns_and_eval_reloads
+from runs import ROOT, read_csv, short_grpo_run_learns_and_eval_reloads
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
@@ -544,9 +545,8 @@ def test_every_hyperparameter_of_the_loss_reaches_update():
 
 def rows(path) -> list[dict[str, float]]:
     """A CSV file's rows, every value a float, without the columns that depend on the clock."""
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if k not in ("wall_time", "tokens_per_second")}
-                for row in csv.DictReader(f)]  # fmt: skip
+    clock = ("wall_time", "tokens_per_second")
+    return [{k: float(v) for k, v in row.items() if k not in clock} for row in read_csv(path)]
 
 
 def union_batch(policy) -> dict[str, torch.Tensor]:
@@ -591,8 +591,8 @@ def train_on_a_share(rank: int, name: str, run_dir: str) -> dict:
 
 
 def with_and_without_clip(args) -> dict:
-    """args, and args without the gradient clip: a clipped gradient hides any factor on the loss, such as 1/B."""
-    return {"clipped": args, "unclipped": dataclasses.replace(args, max_grad_norm=0.0)}
+    """args without the gradient clip, and args: a clipped gradient hides any factor on the loss, such as 1/B."""
+    return {"unclipped": dataclasses.replace(args, max_grad_norm=0.0), "clipped": args}
 
 
 def on_two_processes_as_on_one(rank: int, name: str, args, tmp: str) -> dict:
@@ -773,6 +773,20 @@ def test_prompts_that_do_not_split_over_the_processes_are_bad_input(module, monk
     assert "--prompts-per-update 3 must split evenly over 2 processes" in err, err
     assert not (tmp_path / "run").exists()
     module.validate(module.Args(prompts_per_update=4))
+
+
+def test_torchrun_on_two_processes_writes_one_run(tmp_path):
+    """`torchrun --standalone --nproc-per-node 2 grpo.py` for 2 updates of 4 prompts: exit 0, rank 0's output alone,
+    one run directory whose metrics.csv has 2 rows and groups.csv the 4 groups of both processes per update."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               os.path.join(ROOT, "grpo.py"), *TINY[2:], "--prompts-per-update", "4", "--total-updates", "2",
+               "--run-dir", str(run)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("| 2 process(es) |") == 1 and result.stdout.count("done:") == 1, result.stdout
+    assert os.listdir(tmp_path) == ["run"] and sorted(os.listdir(run)) == ["groups.csv", "metrics.csv", "model.pt"]
+    assert len(read_csv(run / "metrics.csv")) == 2 and len(read_csv(run / "groups.csv")) == 2 * 4
 
 
 @BOTH
