@@ -227,7 +227,7 @@ class MovingBaseline(nn.Module):
         self.averages = torch.cat([means, self.averages[len(means) :]])
 
 
-def policy_loss(log_probs: torch.Tensor, advantages: torch.Tensor, num_episodes: int) -> torch.Tensor:
+def policy_loss(log_probs: torch.Tensor, advantages: torch.Tensor, num_episodes: float) -> torch.Tensor:
     """-(1/N) sum_i sum_t log pi(a_t|s_t) * A_t, whose gradient is -g (advantages are constants).
     log_probs: [T] with grad; advantages: [T] (detached here); num_episodes: N, the episodes in the batch."""
     return -(log_probs * advantages.detach()).sum() / num_episodes
@@ -290,7 +290,8 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
 # ---- Update ---------------------------------------------------------------------------------------------------------
 def update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch, args: Args) -> dict[str, float]:
     """One policy-gradient step on a batch of N episodes; then fit V to G (--baseline value), or fold G into the
-    moving average (--baseline moving). value_net, value_optimizer, moving_baseline: None when not in use."""
+    moving average (--baseline moving). value_net, value_optimizer, moving_baseline: None when not in use.
+    Under torchrun, batch is this process's part, and the step is the one on every process's parts together."""
     G = returns_to_go(batch["rewards"], batch["dones"], args.gamma)
     world, (_, reached) = share()[1], per_step_sums(G, batch["timesteps"])  # reached[0] episodes, reached.sum() steps
     if args.baseline == "none":
