@@ -15,9 +15,13 @@ theta_old with zero gradient, and its Hessian there is the Fisher information ma
 With L linear and KL quadratic around theta_old (s = theta - theta_old), the step solves
     max_s g^T s  subject to  1/2 s^T F s <= delta:    x = F^-1 g,   s = sqrt(2 delta / (x^T F x)) * x
 x is the natural gradient (Kakade 2001): the steepest-ascent direction when distance is measured by KL,
-the same whatever the parametrisation, where g is steepest only under the Euclidean distance of the
-parameters. The step's length comes from delta, the size of a change of *policy*; there is no learning
-rate for the policy at all.
+where g is steepest only under the Euclidean distance of the parameters. Its invariance to the
+parametrisation holds to first order only: under a smooth invertible change theta = phi(eta) with
+Jacobian J, g and F become J^T g and J^T F J, so the natural gradients agree, J x_eta = x_theta, and
+the *infinitesimal* change of policy is the same; a finite step s is taken in the parameters, where
+the two paths differ at O(|s|^2) by phi's curvature, and the damping (F + damping I is not transformed
+by J) and the truncated conjugate gradient break even the first-order agreement. The step's length
+comes from delta, the size of a change of *policy*; there is no learning rate for the policy at all.
 The Fisher matrix is never formed. It is P x P for P policy parameters (4,610 for CartPole-v1's 64x64
 MLP: 21 million entries, and a dense solve costs P^3). What we can afford is its product with a vector:
 F v = grad_theta[ (grad_theta KL(theta)) . v ] at theta_old, the Hessian-vector product of the mean KL by
@@ -79,7 +83,7 @@ class Args:
     env_id: str = arg("CartPole-v1", "Gymnasium id (Box observations; Discrete or Box actions)")
     seed: int = arg(1, "seeds Python, numpy, torch and the environments")
     total_timesteps: int = arg(200_000, "training budget in environment steps (all envs together)")
-    learning_rate: float = arg(1e-3, "Adam step size of the critic (the policy's step is set by --delta)")
+    learning_rate: float = arg(1e-3, "the critic's Adam step size, constant (the policy's step is set by --delta)")
     num_envs: int = arg(4, "N: environments stepped together (a Gymnasium SyncVectorEnv)")
     num_steps: int = arg(128, "T: steps of each env per update (the rollout's length)")
     gamma: float = arg(0.99, "discount factor in [0, 1]")
@@ -223,10 +227,13 @@ def gae(
     """Generalized advantage estimates A_t = sum_{l>=0} (gamma*lam)^l delta_{t+l}, each sum stopping at
     its episode's last step or at the rollout's last step, whichever comes first.
 
-    All [T, N] (time, env), float: rewards r_t; values V(s_t); next_values V(s'_t) of the true next
-    state (at an episode's last step: its final observation, not the reset one); terminated / truncated
-    1.0 at a step that ended its episode by a terminal state / by a time limit. Returns A: [T, N].
+    All [T, N] (time, env): rewards r_t; values V(s_t); next_values V(s'_t) of the true next state (at an
+    episode's last step: its final observation, not the reset one); terminated / truncated true (or 1.0)
+    at a step that ended its episode by a terminal state / by a time limit, as bool or float tensors or
+    numpy arrays (Gymnasium returns bool arrays). Returns A: [T, N], of rewards' dtype and device.
     """
+    terminated = torch.as_tensor(terminated, dtype=rewards.dtype, device=rewards.device)  # bool -> 0.0 / 1.0
+    truncated = torch.as_tensor(truncated, dtype=rewards.dtype, device=rewards.device)
     deltas = rewards + gamma * (1.0 - terminated) * next_values - values  # no future after a terminal state
     not_done = 1.0 - torch.maximum(terminated, truncated)  # either way the next row is a new episode
     advantages = torch.zeros_like(rewards)

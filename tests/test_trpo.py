@@ -97,6 +97,20 @@ def test_rollout_and_gae_are_actor_critics():
     assert ended == trpo_ended and all(torch.equal(a, b) for a, b in zip(advantages, trpo_advantages, strict=True))
 
 
+def test_gae_takes_the_bool_arrays_gymnasium_returns():
+    """terminated / truncated as bool numpy arrays (what a Gymnasium step() returns) or bool tensors give exactly
+    the advantages of their 0.0 / 1.0 float forms, in the rewards' dtype."""
+    g = torch.Generator().manual_seed(0)
+    rewards, values, next_values = torch.randn(3, 12, 4, generator=g, dtype=F64)
+    terminated = torch.rand(12, 4, generator=g) < 0.2
+    truncated = ~terminated & (torch.rand(12, 4, generator=g) < 0.2)
+    assert terminated.any() and truncated.any()
+    expected = trpo.gae(rewards, values, next_values, terminated.to(F64), truncated.to(F64), 0.9, 0.8)
+    for terminated_as_given, truncated_as_given in ((terminated, truncated), (terminated.numpy(), truncated.numpy())):
+        advantages = trpo.gae(rewards, values, next_values, terminated_as_given, truncated_as_given, 0.9, 0.8)
+        assert advantages.dtype == F64 and torch.equal(advantages, expected)
+
+
 # ----------------------------------------------------------------------------------------------
 # a. The Fisher-vector product
 # ----------------------------------------------------------------------------------------------
@@ -392,6 +406,32 @@ def test_every_hyperparameter_of_the_update_reaches_it():
     assert_each_hyperparameter_changes_the_update(
         state, lambda s, args: run_update(s, batch, args), WIRING_ARGS, changes
     )
+
+
+def test_every_critic_step_of_every_update_applies_the_constant_learning_rate(tmp_path, monkeypatch):
+    """The documented schedule: the critic's Adam steps at --learning-rate throughout (TRPO's policy step has no
+    learning rate). Read from the optimiser each update() is given, at each of its steps, which must be
+    --vf-epochs * --num-minibatches steps on the critic's parameters and no others."""
+    original_update, steps_per_update = trpo.update, []
+
+    def recording_update(*update_args):
+        optimizer = next(a for a in update_args if isinstance(a, torch.optim.Optimizer))
+        value_net = next(a for a in update_args if isinstance(a, trpo.ValueNet))
+        assert {id(p) for group in optimizer.param_groups for p in group["params"]} == {
+            id(p) for p in value_net.parameters()
+        }
+        lrs = []
+        hook = optimizer.register_step_pre_hook(lambda opt, *_: lrs.append([g["lr"] for g in opt.param_groups]))
+        try:
+            return original_update(*update_args)
+        finally:
+            hook.remove()
+            steps_per_update.append(lrs)
+
+    monkeypatch.setattr(trpo, "update", recording_update)
+    argv = ["--total-timesteps", "768", "--num-envs", "2", "--learning-rate", "0.0025", "--vf-epochs", "2"]
+    assert trpo.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
+    assert steps_per_update == [[[0.0025]] * (2 * trpo.Args.num_minibatches)] * 3
 
 
 # ----------------------------------------------------------------------------------------------
