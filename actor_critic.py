@@ -1,54 +1,43 @@
 """Advantage actor-critic (A2C) with GAE(lambda), and time limits told apart from terminations.
 
-The idea. REINFORCE waits for the end of every episode and weights each action by the whole return
-that followed it: unbiased, but noisy, and slow to start. An actor-critic learns a critic V_phi(s) and
-uses it twice: as a baseline, and to *bootstrap*, replacing the unseen rest of an episode by the
-critic's estimate of it. Then the policy can learn from short slices of experience: step several
-environments together for n steps, estimate every step's advantage from those few rewards and the
-critic, take one gradient step on the actor and the critic, and carry on where the environments are.
+REINFORCE weights each action by the whole return that followed it: unbiased, but noisy, and it waits for
+every episode to end. An actor-critic learns a critic V_phi(s) and uses it twice: as a baseline, and to
+*bootstrap*, standing in for the unseen rest of an episode. So it learns from short slices: step N envs for
+T steps, estimate each step's advantage from those rewards and the critic, take one gradient step on actor
+and critic together, and carry on where the envs are.
 
 Objective and gradient, with the names used in the code (T = --num-steps steps of N = --num-envs envs):
     J(theta)   = E_tau[ sum_t gamma^t r_t ]
-    delta_t    = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)         TD error; s'_t the true next state
-    A_t        = sum_{l>=0} (gamma*lambda)^l delta_{t+l}                     gae(), each sum stopping at the end
-               = delta_t + gamma*lambda * (1 - done_t) * A_{t+1}             of its episode or of the rollout
-    G^lam_t    = A_t + V(s_t)                                                the lambda-return: the critic's target
-    grad J    ~= E[ sum_t grad log pi(a_t|s_t) * A_t ]                       (exact at gamma = 1 when V = V^pi)
-    L          = -mean_t log pi(a_t|s_t) A_t                                policy_loss(), a mean over the T*N steps
-                 + vf_coef * 1/2 mean_t (V_phi(s_t) - G^lam_t)^2             value_loss(), G^lam_t held fixed
-                 - ent_coef * mean_t H[pi(.|s_t)]                            the entropy bonus
-Facts about A_t that tests/test_actor_critic.py proves exactly:
-  * lambda = 1 gives A_t = (discounted rewards to the episode's end, plus gamma^k V of the state where
-    the rollout stops if it stops mid-episode) - V(s_t): REINFORCE with a baseline and a bootstrap.
-    lambda = 0 gives the one-step TD error delta_t. Lambda slides between the two.
-  * with the true V^pi as critic, E[delta_{t+l} | s_t, a_t] = 0 for every l >= 1 and Q^pi(s_t,a_t) - V^pi(s_t)
-    for l = 0, so the expected gradient is grad J for *every* lambda (at gamma = 1; with gamma < 1 the
-    gamma^t weight applies exactly as in reinforce.py, and the script drops it for the same reason).
-  * with a wrong critic V = V^pi + e, A_t gains -e(s_t) (a baseline: no bias) plus
-    (1 - lambda) sum_{l>=1} gamma^l lambda^(l-1) e(s_{t+l}), which does bias the gradient, except at
-    lambda = 1. Lambda trades that bias against the variance of longer sums of rewards.
-Time limits. A Gymnasium episode ends in one of two ways, and they must not be confused (Pardo et al.
-2018). terminated: the MDP reached a terminal state (the pole fell); there is no future, V(s') = 0.
-truncated: a time limit stopped the episode (CartPole-v1 at 500 steps, Pendulum-v1 at 200), but the state
-s' had a future that the observation cannot tell apart from any other state's: the advantage bootstraps
-from V(s'), the *final* observation of the ended episode (never the reset observation that the vector env
-already returns in its place). Treating truncation as termination (as CleanRL and many others do) teaches
-the critic that identical-looking states are worth a full return in one episode and nothing in another.
-Either way the sum in A_t stops at the episode's end: the next row of the batch belongs to a new episode.
-What changed since reinforce.py: a critic that bootstraps, GAE instead of returns-to-go, n-step rollouts
-of a Gymnasium vector env instead of whole episodes (so the loss is a mean over the batch's T*N steps,
-a constant), one optimiser step on a joint actor + critic loss with an entropy bonus, and an option to
-share the hidden layers between actor and critic (--network shared).
-References: Mnih et al. 2016 (A3C; A2C is its synchronous form); Schulman et al. 2016 (GAE);
-Sutton & Barto 2018 ch. 12 (lambda-returns); Pardo et al. 2018 ("Time limits in reinforcement learning").
+    delta_t    = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)     TD error; s'_t the true next state
+    A_t        = sum_{l>=0} (gamma*lambda)^l delta_{t+l}                 gae(), each sum stopping at the end
+               = delta_t + gamma*lambda * (1 - done_t) * A_{t+1}         of its episode or of the rollout
+    G^lam_t    = A_t + V(s_t)                                            the lambda-return: the critic's target
+    grad J    ~= E[ sum_t grad log pi(a_t|s_t) * A_t ]
+    L          = -mean_t log pi(a_t|s_t) A_t                             policy_loss(), a mean over T*N steps
+                 + vf_coef * 1/2 mean_t (V_phi(s_t) - G^lam_t)^2         value_loss(), G^lam_t held fixed
+                 - ent_coef * mean_t H[pi(.|s_t)]                        the entropy bonus
+When "~=" is "=" (tests/test_actor_critic.py proves each by exact enumeration): with the true critic
+V = V^pi, E[delta_{t+l} | s_t, a_t] = 0 for l >= 1, so every lambda gives sum_t E[grad log pi (Q^pi - V^pi)],
+which is grad J when gamma = 1 and episodes end; for gamma < 1 grad J also weights step t by gamma^t, which
+this estimator (as reinforce.py's and the usual implementations) leaves out. With a wrong critic
+V = V^pi + e, A_t gains -e(s_t) (a baseline: no bias) and (1 - lambda) sum_{l>=1} gamma^l lambda^(l-1)
+e(s_{t+l}), a bias that vanishes at lambda = 1 (REINFORCE with a baseline and a bootstrap; lambda = 0 is delta_t).
+Time limits (Pardo et al. 2018): at terminated the MDP has no future, V(s') = 0; at truncated a time limit cut
+an episode whose s' had one, so A_t bootstraps from V of the *final* observation, never the reset one.
+What changed since reinforce.py: a critic that bootstraps, GAE instead of returns-to-go, T-step rollouts of a
+vector env instead of whole episodes (the loss is a mean over T*N steps), one Adam step on a joint actor and
+critic loss with an entropy bonus, and optionally shared hidden layers (--network shared).
+References: Mnih et al. 2016 (A3C; A2C is its synchronous form); Schulman et al. 2016 (GAE); Sutton & Barto
+2018 ch. 12 (lambda-returns); Pardo et al. 2018 ("Time limits in reinforcement learning").
 Run:  python actor_critic.py --help
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import math
+import operator
 import os
 import random
 import signal
@@ -62,71 +51,43 @@ import torch
 import torch.nn as nn
 
 
-# ----------------------------------------------------------------------------------------------
-# Hyperparameters
-# ----------------------------------------------------------------------------------------------
-def arg(default, help: str, choices: tuple | None = None):
+# ---- Hyperparameters -------------------------------------------------------------------------------------------------
+def arg(default, help: str, choices=None, above=None, at_least=None, below=None, at_most=None):
     """A hyperparameter: its default, a one-line help for --help, and the values it accepts."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+    bounds = {"above": above, "at_least": at_least, "below": below, "at_most": at_most}
+    return field(default=default, metadata={"help": help, "choices": choices, **bounds})
 
 
 @dataclass
 class Args:
-    env_id: str = arg("CartPole-v1", "Gymnasium id (Box observations; Discrete or Box actions)")
+    env_id: str = arg("CartPole-v1", "Gymnasium id (1-D Box observations; Discrete or 1-D Box actions)")
     seed: int = arg(1, "seeds Python, numpy, torch and the environments")
-    total_timesteps: int = arg(200_000, "training budget in environment steps (all envs together)")
-    learning_rate: float = arg(4e-3, "Adam step size of the actor and the critic")
-    num_envs: int = arg(4, "N: environments stepped together (a Gymnasium SyncVectorEnv)")
-    num_steps: int = arg(16, "T: steps of each env per update (the rollout's length)")
-    gamma: float = arg(0.99, "discount factor in [0, 1]")
-    gae_lambda: float = arg(0.95, "GAE's lambda in [0, 1]: 0 one-step TD error, 1 Monte Carlo with a bootstrap")
-    ent_coef: float = arg(0.0, "weight of the entropy bonus in the loss (0.01 helps Acrobot-v1)")
-    vf_coef: float = arg(0.5, "weight of the critic's loss in the joint loss")
-    # separate by default: measured on CartPole-v1 (5 seeds, benchmarks/solve.py), shared hidden layers needed
-    # ~3x the steps (median 101k vs 32k), the critic's regression gradients pulling the policy's features around
+    total_timesteps: int = arg(200_000, "training budget in environment steps (all envs together)", at_least=1)
+    learning_rate: float = arg(4e-3, "Adam step size of the actor and the critic", above=0)
+    num_envs: int = arg(4, "N: environments stepped together (a Gymnasium SyncVectorEnv)", at_least=1)
+    num_steps: int = arg(16, "T: steps of each env per update (the rollout's length)", at_least=1)
+    gamma: float = arg(0.99, "discount factor", at_least=0, at_most=1)
+    gae_lambda: float = arg(0.95, "GAE lambda: 0 one-step TD error, 1 Monte Carlo", at_least=0, at_most=1)
+    ent_coef: float = arg(0.0, "weight of the entropy bonus in the loss", at_least=0)
+    vf_coef: float = arg(0.5, "weight of the critic's loss in the joint loss", above=0)
     network: str = arg("separate", "actor and critic: separate MLPs, or shared hidden layers with two heads",
                        choices=("separate", "shared"))  # fmt: skip
-    hidden_size: int = arg(64, "width of the two hidden layers")
-    max_grad_norm: float = arg(1.0, "clip the joint gradient's global norm (0 = off)")
-    torch_threads: int = arg(1, "CPU threads for torch; networks this small run fastest on one")
-    device: str = arg("auto", "auto | cpu | cuda (auto picks CUDA when available)", choices=("auto", "cpu", "cuda"))
-    run_dir: str = arg(
-        "", "where metrics.csv, episodes.csv and model.pt go (default runs/actor_critic__<env>__<seed>__<time>)"
-    )
-    log_interval: int = arg(100, "print a progress line (and save the checkpoint) every this many updates")
-    eval: str = arg("", "path of a model.pt: evaluate it and exit, no training")
-    eval_episodes: int = arg(10, "episodes for --eval (greedy actions: argmax or the Gaussian mean)")
+    hidden_size: int = arg(64, "width of the two hidden layers", at_least=1)
+    max_grad_norm: float = arg(1.0, "clip the joint gradient's global norm (0 = off)", at_least=0)
+    torch_threads: int = arg(1, "CPU threads for torch; networks this small run fastest on one", at_least=1)
+    device: str = arg("auto", "auto picks CUDA when available", choices=("auto", "cpu", "cuda"))
+    run_dir: str = arg("", "where metrics.csv, episodes.csv and model.pt go (default: a new dir in runs/)")
+    overwrite: bool = arg(False, "replace the run that --run-dir already holds")
+    log_interval: int = arg(100, "print a progress line and save the checkpoint every this many updates", at_least=1)
+    eval: str = arg("", "path of a model.pt: evaluate it greedily and exit, no training")
+    eval_episodes: int = arg(10, "episodes for --eval", at_least=1)
+
+    def problems(self) -> list[str]:
+        """Constraints between hyperparameters that no single range expresses: none here."""
+        return []
 
 
-def validate(args: Args) -> None:
-    """Raise ValueError with what is wrong and what is accepted."""
-    checks = [
-        (args.total_timesteps > 0, f"--total-timesteps must be > 0 (got {args.total_timesteps})"),
-        (args.learning_rate > 0, f"--learning-rate must be > 0 (got {args.learning_rate})"),
-        (args.num_envs >= 1, f"--num-envs must be >= 1 (got {args.num_envs})"),
-        (args.num_steps >= 1, f"--num-steps must be >= 1 (got {args.num_steps})"),
-        (0.0 <= args.gamma <= 1.0, f"--gamma must be in [0, 1] (got {args.gamma})"),
-        (0.0 <= args.gae_lambda <= 1.0, f"--gae-lambda must be in [0, 1] (got {args.gae_lambda})"),
-        (args.ent_coef >= 0, f"--ent-coef must be >= 0 (got {args.ent_coef})"),
-        (args.vf_coef > 0, f"--vf-coef must be > 0 (got {args.vf_coef})"),
-        (args.hidden_size >= 1, f"--hidden-size must be >= 1 (got {args.hidden_size})"),
-        (args.max_grad_norm >= 0, f"--max-grad-norm must be >= 0 (got {args.max_grad_norm})"),
-        (args.log_interval >= 1, f"--log-interval must be >= 1 (got {args.log_interval})"),
-        (args.torch_threads >= 1, f"--torch-threads must be >= 1 (got {args.torch_threads})"),
-        (args.eval_episodes >= 1, f"--eval-episodes must be >= 1 (got {args.eval_episodes})"),
-        (
-            args.device != "cuda" or torch.cuda.is_available(),
-            "--device cuda was asked for but CUDA is not available; use cpu or auto",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-
-
-# ----------------------------------------------------------------------------------------------
-# Networks
-# ----------------------------------------------------------------------------------------------
+# ---- Networks -------------------------------------------------------------------------------------------------------
 def mlp(n_in: int, n_out: int, hidden: int, out_gain: float) -> nn.Sequential:
     """Two tanh hidden layers, orthogonal init; a small out_gain starts the policy near uniform."""
     net = nn.Sequential(
@@ -138,46 +99,38 @@ def mlp(n_in: int, n_out: int, hidden: int, out_gain: float) -> nn.Sequential:
     return net
 
 
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log N(action; mean, diag(exp(log_std))^2), summed over action dims. [B, D], [D] or [B, D], [B, D] -> [B]."""
-    z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """Entropy of a diagonal Gaussian, sum_d (1/2 log(2 pi e) + log_std_d). [..., D] -> [...]."""
-    return (0.5 * (1.0 + math.log(2 * math.pi)) + log_std).sum(-1)
-
-
 class Policy(nn.Module):
-    """pi(a|s): Categorical over logits for Discrete actions, diagonal Gaussian (state-independent
-    log-std) for Box actions. Box actions are sampled unbounded and clipped only when sent to the env."""
+    """pi(a|s): Categorical over logits for Discrete actions (an index 0..n-1), diagonal Gaussian with a
+    state-independent log-std for Box actions, sampled unbounded and clipped only when sent to the env."""
 
     def __init__(self, obs_dim: int, action_space: gym.Space, hidden: int):
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        n_out = int(action_space.n) if self.discrete else action_space.shape[0]
         self.net = mlp(obs_dim, n_out, hidden, out_gain=0.01)
         if not self.discrete:
             self.log_std = nn.Parameter(torch.zeros(n_out))
 
-    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]."""
-        out = self.net(obs)
-        if self.discrete:
-            logp = out.log_softmax(-1)
-            return logp.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
-        return gaussian_log_prob(out, self.log_std, action), gaussian_entropy(self.log_std).expand(len(obs))
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
-        """Sample a ~ pi(.|s), or take its mode when greedy. [B, obs_dim] -> [B] or [B, D]."""
+    def dist(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        """pi(.|s) for a batch [B, obs_dim]: batch shape [B], event shape [] (Discrete) or [D] (Box)."""
         out = self.net(obs)
         if not torch.isfinite(out).all():
             raise FloatingPointError("policy output")
         if self.discrete:
-            return out.argmax(-1) if greedy else torch.multinomial(out.softmax(-1), 1).squeeze(-1)
-        return out if greedy else out + torch.exp(self.log_std) * torch.randn_like(out)
+            return torch.distributions.Categorical(logits=out, validate_args=False)
+        normal = torch.distributions.Normal(out, self.log_std.exp(), validate_args=False)
+        return torch.distributions.Independent(normal, 1, validate_args=False)
+
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]."""
+        dist = self.dist(obs)
+        return dist.log_prob(action), dist.entropy()
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Sample a ~ pi(.|s), or take its mode when greedy. [B, obs_dim] -> [B] or [B, D]."""
+        dist = self.dist(obs)
+        return dist.mode if greedy else dist.sample()
 
 
 class ValueNet(nn.Module):
@@ -198,25 +151,18 @@ class ValueNet(nn.Module):
         return self.net(obs).squeeze(-1)
 
 
-# ----------------------------------------------------------------------------------------------
-# The estimator: pure functions on tensors
-# ----------------------------------------------------------------------------------------------
-def gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    next_values: torch.Tensor,
-    terminated: torch.Tensor,
-    truncated: torch.Tensor,
-    gamma: float,
-    lam: float,
-) -> torch.Tensor:
+# ---- The estimator: pure functions on tensors -----------------------------------------------------------------------
+def gae(rewards, values, next_values, terminated, truncated, gamma: float, lam: float) -> torch.Tensor:
     """Generalized advantage estimates A_t = sum_{l>=0} (gamma*lam)^l delta_{t+l}, each sum stopping at
     its episode's last step or at the rollout's last step, whichever comes first.
 
-    All [T, N] (time, env), float: rewards r_t; values V(s_t); next_values V(s'_t) of the true next
-    state (at an episode's last step: its final observation, not the reset one); terminated / truncated
-    1.0 at a step that ended its episode by a terminal state / by a time limit. Returns A: [T, N].
+    rewards r_t, values V(s_t), next_values V(s'_t): float tensors [T, N] (time, env); next_values of the true
+    next state (at an episode's last step: its final observation, not the reset one). terminated, truncated:
+    [T, N], bool or 0/1, tensors or numpy arrays as Gymnasium returns them: true at a step that ended its
+    episode by a terminal state / by a time limit. Returns A: [T, N], on the device of rewards.
     """
+    terminated = torch.as_tensor(terminated, dtype=rewards.dtype, device=rewards.device)
+    truncated = torch.as_tensor(truncated, dtype=rewards.dtype, device=rewards.device)
     deltas = rewards + gamma * (1.0 - terminated) * next_values - values  # no future after a terminal state
     not_done = 1.0 - torch.maximum(terminated, truncated)  # either way the next row is a new episode
     advantages = torch.zeros_like(rewards)
@@ -229,10 +175,7 @@ def gae(
 
 def policy_loss(log_probs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
     """-mean_t log pi(a_t|s_t) * A_t over the batch's T*N steps, whose gradient is -g (advantages are
-    constants). The batch always holds T*N steps, so the mean is the sum times a constant.
-
-    log_probs: [B] with grad; advantages: [B] (detached here).
-    """
+    constants). log_probs: [B] with grad; advantages: [B] (detached here). -> scalar."""
     return -(log_probs * advantages.detach()).mean()
 
 
@@ -247,41 +190,40 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     return float("nan") if var == 0 else float(1 - (returns - values).var(unbiased=False) / var)
 
 
-# ----------------------------------------------------------------------------------------------
-# Rollout: T steps of N environments, continuing where the last rollout stopped
-# ----------------------------------------------------------------------------------------------
-class EnvironmentNotFinite(FloatingPointError):
-    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
+# ---- Rollout: T steps of N environments, continuing where the last rollout stopped ----------------------------------
+def make_envs(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
+    """N copies of make_env(env_id), stepped in this process. SAME_STEP autoreset: when an episode ends, step()
+    returns that last step's reward and flags, its final observation in infos["final_obs"], and the next episode's
+    reset observation as the observation, so every row of the batch is a real transition (s_t, a_t, r_t, s'_t).
+    (The default, NEXT_STEP, would add a fake transition per episode, to be masked out of every loss.)"""
+    return gym.vector.SyncVectorEnv(
+        [lambda: make_env(env_id) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
 
 
-def check_finite(obs, reward, steps_so_far: int) -> None:
-    """Raise EnvironmentNotFinite, naming which, unless the observation(s) and the reward(s) are finite."""
-    if not np.isfinite(obs).all():
-        raise EnvironmentNotFinite("observation", steps_so_far)
-    if not np.isfinite(reward).all():
-        raise EnvironmentNotFinite("reward", steps_so_far)
+def env_action(actions: np.ndarray, space: gym.Space) -> np.ndarray:
+    """The policy's actions as the env takes them: Discrete(n, start) gets start + index, a Box the clipped sample."""
+    if isinstance(space, gym.spaces.Discrete):
+        return actions + int(space.start)
+    return np.clip(actions, space.low, space.high)
 
 
 def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.device, on_episode_end) -> dict:
-    """Step every env num_steps times with actions sampled from the policy, continuing from carry["obs"].
+    """Step every env num_steps times with actions from the policy, continuing from carry (obs [N, obs_dim] and
+    the episode_return, episode_length [N] of the episodes in progress, all updated in place).
 
-    carry holds obs [N, obs_dim], the current observations, and episode_return, episode_length [N] of
-    the episodes in progress; all three are updated in place. Returns the batch, each [T, N, ...]:
-    obs s_t, actions a_t, rewards r_t, terminated, truncated (1.0 at the step that ended an episode),
-    next_obs s'_t, the true next state: the next row's obs, except at an episode's last step, where it is
-    the final observation of the ended episode. As each episode ends, on_episode_end(episode_return,
-    length, steps_so_far) is called, steps_so_far counting the steps of all envs in this rollout so far.
-    Every observation and reward is checked as it arrives: a NaN or an infinity raises EnvironmentNotFinite.
+    Returns the batch, each [T, N, ...]: obs s_t, actions a_t, rewards r_t, terminated, truncated (1.0 at the step
+    that ended an episode), next_obs s'_t (the true next state: at an episode's last step its final observation).
+    Calls on_episode_end(episode_return, length, steps_so_far) as each episode ends, steps_so_far counting the
+    steps of all envs in this rollout. A NaN or infinite observation or reward raises EnvironmentNotFinite.
     """
     keys = ("obs", "actions", "rewards", "terminated", "truncated", "next_obs")
     steps = {k: [] for k in keys}
-    space = envs.single_action_space
     check_finite(carry["obs"], 0.0, 0)  # from reset() before the first rollout (no reward), else checked already
     for t in range(num_steps):
         obs = carry["obs"]
         actions = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        env_actions = actions if policy.discrete else np.clip(actions, space.low, space.high)
-        next_obs, rewards, terminated, truncated, infos = envs.step(env_actions)
+        next_obs, rewards, terminated, truncated, infos = envs.step(env_action(actions, envs.single_action_space))
         done = terminated | truncated
         true_next_obs = next_obs.copy()  # next_obs of an ended episode is already the next one's reset obs
         for i in np.flatnonzero(done):
@@ -301,9 +243,7 @@ def rollout(envs, policy: Policy, carry: dict, num_steps: int, device: torch.dev
     return batch
 
 
-# ----------------------------------------------------------------------------------------------
-# Update
-# ----------------------------------------------------------------------------------------------
+# ---- Update ---------------------------------------------------------------------------------------------------------
 def advantages_and_targets(value_net: ValueNet, batch: dict, gamma: float, lam: float):
     """(A [T, N], lambda-returns G^lam = A + V [T, N], V(s_t) [T, N]) with the critic as it is before this
     update: the values it gives are constants of the losses."""
@@ -339,272 +279,276 @@ def update(policy, value_net, optimizer, batch, args: Args) -> dict[str, float]:
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints and environments
-# ----------------------------------------------------------------------------------------------
-def make_env(env_id: str) -> gym.Env:
-    """gym.make, with the spaces this script supports checked; raises ValueError otherwise."""
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as e:
-        raise ValueError(f"cannot make environment '{env_id}': {str(e).splitlines()[0]}") from None
-    if not isinstance(env.observation_space, gym.spaces.Box):
-        raise ValueError(f"{env_id}: observation space {env.observation_space} is not supported (Box only)")
-    space = env.action_space
-    if not (isinstance(space, gym.spaces.Discrete) or (isinstance(space, gym.spaces.Box) and len(space.shape) == 1)):
-        raise ValueError(f"{env_id}: action space {space} is not supported (Discrete, or a 1-D Box)")
-    return env
-
-
-def make_envs(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
-    """N copies of make_env(env_id), stepped one after another in this process (for envs as cheap as
-    CartPole a subprocess per env costs more than it saves).
-
-    The autoreset mode is chosen, not left to the default. SAME_STEP: when an episode ends at step t,
-    step() returns (r_t, terminated_t, truncated_t) of that last step, the ended episode's final
-    observation in infos["final_obs"], and, as the observation, the *reset* observation of the next
-    episode, which is s_{t+1}. Every row of the batch is then a real transition (s_t, a_t, r_t, s'_t).
-    The default, NEXT_STEP, returns the final observation first and resets one call later, ignoring
-    that call's action and returning reward 0: a fake transition (final obs, ignored action, 0, reset
-    obs) in every episode, which would have to be masked out of every loss and every count of steps.
-    """
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_env(env_id) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
-
-
-def space_spec(env: gym.Env) -> dict:
-    """What a checkpoint needs to rebuild the policy, and to check it matches an environment."""
-    a = env.action_space
-    action = {"n": int(a.n)} if isinstance(a, gym.spaces.Discrete) else {"low": a.low.tolist(), "high": a.high.tolist()}
-    return {"obs_shape": list(env.observation_space.shape), "action": action}
-
-
-def save_checkpoint(path: str, policy: Policy, value_net: ValueNet, args: Args, spaces: dict, global_step: int) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    state = {
-        "algo": "actor_critic",
-        "args": asdict(args),
-        "spaces": spaces,
-        "global_step": global_step,
-        "policy": policy.state_dict(),
-        "value": value_net.state_dict(),
-    }
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str) -> dict:
-    """Raise ValueError when the file is missing, unreadable or not an actor_critic.py checkpoint."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-    if not isinstance(state, dict) or state.get("algo") != "actor_critic":
-        raise ValueError(f"{path} is not an actor_critic.py checkpoint")
-    return state
-
-
-# ----------------------------------------------------------------------------------------------
-# Training loop
-# ----------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, `timeout`, `docker stop`), raised wherever training is, and handled like Ctrl-C."""
-
-
-def raise_terminated(signum, frame):
-    raise Terminated
-
-
+# ---- Training loop --------------------------------------------------------------------------------------------------
 def train(args: Args) -> dict[str, float]:
-    """Train, writing metrics.csv (a row per update), episodes.csv (a row per episode) and model.pt."""
-    start = time.time()
-    seed_everything(args.seed)
-    torch.set_num_threads(args.torch_threads)
-    device = resolve_device(args.device)
+    """The RL loop: roll out T steps of N envs, take one step on the joint loss, log; until the budget is spent."""
+    device = setup(args)  # seeds, torch threads, the device
     envs = make_envs(args.env_id, args.num_envs)
-    obs, _ = envs.reset(seed=args.seed)  # env i gets seed + i; later resets continue each env's own generator
-    carry = {"obs": obs, "episode_return": np.zeros(args.num_envs), "episode_length": np.zeros(args.num_envs, int)}
-    spaces = space_spec(envs.envs[0])
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    obs_dim = envs.single_observation_space.shape[0]
     policy = Policy(obs_dim, envs.single_action_space, args.hidden_size).to(device)
     value_net = ValueNet(obs_dim, args.hidden_size, shared_with=policy if args.network == "shared" else None).to(device)
     params = list({id(p): p for net in (policy, value_net) for p in net.parameters()}.values())  # shared ones once
     optimizer = torch.optim.Adam(params, lr=args.learning_rate)
+    obs, _ = envs.reset(seed=args.seed)  # env i gets seed + i; later resets continue each env's own generator
+    carry = {"obs": obs, "episode_return": np.zeros(args.num_envs), "episode_length": np.zeros(args.num_envs, int)}
+    with Run(args, envs.envs[0], lambda: {"policy": policy.state_dict(), "value": value_net.state_dict()}) as run:
+        while run.global_step < args.total_timesteps:
+            batch = rollout(envs, policy, carry, args.num_steps, device, run.on_episode_end)
+            stats = update(policy, value_net, optimizer, batch, args)
+            run.log(batch["rewards"].numel(), stats)
+    envs.close()
+    return run.summary
 
-    run_dir = args.run_dir or f"runs/actor_critic__{args.env_id}__{args.seed}__{int(start)}"
-    model_path = os.path.join(run_dir, "model.pt")
-    columns = ["global_step", "wall_time", "sps", "episodic_return", "episode_length",
-               "policy_loss", "value_loss", "entropy", "explained_variance"]  # fmt: skip
-    try:  # a run directory that cannot be created or written is bad input, found before training starts
-        os.makedirs(run_dir, exist_ok=True)
-        metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
-        episodes_file = open(os.path.join(run_dir, "episodes.csv"), "w", newline="")
-    except OSError as e:
-        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror or e}") from None
-    metrics, episodes = csv.writer(metrics_file), csv.writer(episodes_file)
-    metrics.writerow(columns)
-    episodes.writerow(["global_step", "wall_time", "return", "length"])
-    print(f"actor_critic on {args.env_id} | device {device} | network {args.network} | run dir {run_dir}")
 
-    global_step, update_idx, recent, recent_lengths, saved = 0, 0, [], [], False
+# ---- everything below is plumbing, not reinforcement learning -------------------------------------------------------
+ALGO = "actor_critic"
 
-    def on_episode_end(episode_return: float, length: int, steps_so_far: int) -> None:
-        episodes.writerow([global_step + steps_so_far, f"{time.time() - start:.3f}", episode_return, length])
-        recent.append(episode_return)
-        recent_lengths.append(length)
 
-    previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)  # restored when train() returns
+def setup(args: Args) -> torch.device:
+    """Seed Python, numpy and torch, set torch's CPU threads; the device to use (auto: CUDA if available)."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    return torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_env(env_id: str) -> gym.Env:
+    """gym.make, with the spaces this script supports checked; raises ValueError otherwise."""
     try:
-        while global_step < args.total_timesteps:
-            t0 = time.time()
-            ended_before = len(recent)
-            try:
-                batch = rollout(envs, policy, carry, args.num_steps, device, on_episode_end)
-                global_step += batch["rewards"].numel()
-                stats = update(policy, value_net, optimizer, batch, args)
-            except FloatingPointError as e:  # keep the last checkpoint, which was saved with finite weights
-                if isinstance(e, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
-                    what, steps_so_far = e.args
-                    cause = f"the environment returned a non-finite {what} at global step {global_step + steps_so_far}"
-                else:
-                    cause = f"non-finite {e} at global step {global_step}"
-                kept = f"the last good checkpoint is {model_path}" if saved else "no checkpoint was saved before it"
-                print(f"stopped: {cause}; {kept}", file=sys.stderr)
+        env = gym.make(env_id)
+    except Exception as e:  # an unknown id, a module that does not import, an entry point that fails
+        raise ValueError(f"cannot make environment '{env_id}': {(str(e) or repr(e)).splitlines()[0]}") from None
+    obs, act = env.observation_space, env.action_space
+    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
+        raise ValueError(f"{env_id}: observation space {obs} is not supported (a 1-D Box only)")
+    if not (isinstance(act, gym.spaces.Discrete) or (isinstance(act, gym.spaces.Box) and len(act.shape) == 1)):
+        raise ValueError(f"{env_id}: action space {act} is not supported (Discrete, or a 1-D Box)")
+    return env
+
+
+class EnvironmentNotFinite(FloatingPointError):
+    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
+
+
+def check_finite(obs, reward, steps_so_far: int) -> None:
+    for what, value in (("observation", obs), ("reward", reward)):
+        if not np.isfinite(value).all():
+            raise EnvironmentNotFinite(what, steps_so_far)
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt(signum)  # Ctrl-C (SIGINT), or SIGTERM from a scheduler, `timeout`, `docker stop`
+
+
+class Run:
+    """What a training run writes, around its loop: `with Run(args, env, checkpoint) as run:`. A row of episodes.csv
+    per episode (run.on_episode_end) and of metrics.csv per update (run.log); every --log-interval updates and at the
+    end, model.pt ({algo, args, env spaces, global_step} and the dict checkpoint() returns) and a progress line.
+    Ctrl-C or SIGTERM: save, exit 130 or 143. A FloatingPointError: exit 1, keeping the last good checkpoint."""
+
+    def __init__(self, args: Args, env: gym.Env, checkpoint):
+        self.args, self.spaces, self.checkpoint = args, [str(env.observation_space), str(env.action_space)], checkpoint
+        self.global_step, self.updates, self.saved, self.returns, self.lengths, self.logged = 0, 0, False, [], [], 0
+
+    def __enter__(self) -> Run:
+        try:
+            self.dir = make_run_dir(self.args)
+            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
+            self.episodes = open(os.path.join(self.dir, "episodes.csv"), "w")
+        except OSError as e:
+            raise ValueError(f"--run-dir {self.args.run_dir or 'runs'} cannot be created or written: {e}") from None
+        print("global_step,wall_time,return,length", file=self.episodes, flush=True)
+        self.model_path = os.path.join(self.dir, "model.pt")
+        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
+        print(f"{ALGO} on {self.args.env_id} | run dir {self.dir}")
+        self.start = self.last = time.time()
+        return self
+
+    def on_episode_end(self, episode_return: float, length: int, steps_so_far: int) -> None:
+        now = round(time.time() - self.start, 3)
+        print(self.global_step + steps_so_far, now, episode_return, length, sep=",", file=self.episodes, flush=True)
+        self.returns.append(episode_return)
+        self.lengths.append(length)
+
+    def log(self, steps: int, stats: dict[str, float]) -> None:
+        """After an update that took `steps` environment steps: a row of metrics.csv, maybe a save and a line."""
+        now, ended = time.time(), slice(self.logged, len(self.returns))  # the episodes that ended since the last row
+        self.global_step, self.updates, self.logged = self.global_step + steps, self.updates + 1, len(self.returns)
+        row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
+               "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
+               "episode_length": mean(self.lengths[ended]), **stats}  # fmt: skip
+        if self.updates == 1:
+            print(*row, sep=",", file=self.metrics)  # the header
+        print(*row.values(), sep=",", file=self.metrics, flush=True)
+        self.last = now
+        if self.updates % self.args.log_interval == 0 or self.global_step >= self.args.total_timesteps:
+            self.save()
+            numbers = " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("global_step", "wall_time"))
+            print(f"step {self.global_step:>8} | return(last 20) {mean(self.returns[-20:]):8.2f} | {numbers}")
+
+    def save(self) -> None:
+        """Write model.pt atomically: a temporary file of this process, then a rename; never a partial file."""
+        state = {"algo": ALGO, "args": asdict(self.args), "spaces": self.spaces, "global_step": self.global_step}
+        tmp = f"{self.model_path}.{os.getpid()}.tmp"
+        try:
+            torch.save({**state, **self.checkpoint()}, tmp)
+            os.replace(tmp, self.model_path)
+            self.saved = True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)  # left only if the save was interrupted
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.metrics.close()
+        self.episodes.close()
+        signals = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}  # no 2nd Ctrl-C now
+        try:
+            if isinstance(error, KeyboardInterrupt):  # main() then exits 128 + the signal's number: 130 or 143
+                self.save()
+                print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
+            elif isinstance(error, FloatingPointError):
+                cause, at = f"non-finite {error.args[0]}", self.global_step
+                if isinstance(error, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
+                    cause, at = f"the environment returned a {cause}", at + error.args[1]
+                kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
+                print(f"stopped: {cause} at global step {at}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
-            episodes_file.flush()
-            ended = slice(ended_before, len(recent))  # the episodes that ended during this rollout (maybe none)
-            update_idx += 1
-            row = {
-                "global_step": global_step,
-                "wall_time": round(time.time() - start, 3),
-                "sps": round(batch["rewards"].numel() / (time.time() - t0)),
-                "episodic_return": float(np.mean(recent[ended])) if recent[ended] else float("nan"),
-                "episode_length": float(np.mean(recent_lengths[ended])) if recent[ended] else float("nan"),
-                **stats,
-            }
-            metrics.writerow([row[c] for c in columns])
-            metrics_file.flush()
-            if update_idx % args.log_interval == 0 or global_step >= args.total_timesteps:
-                save_checkpoint(model_path, policy, value_net, args, spaces, global_step)
-                saved = True
-                print(
-                    f"step {global_step:>8} | return(last 20) {np.mean(recent[-20:] or [np.nan]):8.2f} | "
-                    f"sps {row['sps']:>6} | pi_loss {stats['policy_loss']:9.3f} | v_loss {stats['value_loss']:8.3f} | "
-                    f"entropy {stats['entropy']:6.3f} | expl_var {stats['explained_variance']:6.3f}"
-                )
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Terminated
-        save_checkpoint(model_path, policy, value_net, args, spaces, global_step)
-        print(f"\ninterrupted at global step {global_step}; checkpoint and metrics saved in {run_dir}", file=sys.stderr)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
-        metrics_file.close()
-        episodes_file.close()
-        envs.close()
-
-    summary = {
-        "global_step": global_step,
-        "episodes": len(recent),
-        "mean_return_last_20": float(np.mean(recent[-20:] or [np.nan])),
-        "seconds": time.time() - start,
-    }
-    print(
-        f"done: {summary['global_step']} steps, {summary['episodes']} episodes in {summary['seconds']:.1f} s; "
-        f"mean return of the last 20 episodes {summary['mean_return_last_20']:.2f}; files in {run_dir}"
-    )
-    return summary
+        finally:
+            signal.signal(signal.SIGINT, signals[signal.SIGINT])
+            signal.signal(signal.SIGTERM, self.previous_sigterm)
+        self.summary = {
+            "global_step": self.global_step,
+            "episodes": len(self.returns),
+            "seconds": time.time() - self.start,
+        }
+        print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {self.summary['seconds']:.1f} s; mean "
+              f"return of the last 20 episodes {mean(self.returns[-20:]):.2f}; files in {self.dir}")  # fmt: skip
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
-def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto") -> tuple[float, float]:
-    """Run a saved policy greedily for `episodes` episodes on the env it was trained on; return (mean, std)."""
+def mean(values: list) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def make_run_dir(args: Args) -> str:
+    """--run-dir, refused if it holds a run (unless --overwrite), or a new runs/<algo>__<env>__<seed>__<time>[_k]."""
+    if args.run_dir:
+        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(args.run_dir, f))]
+        if held and not args.overwrite:
+            raise ValueError(f"--run-dir {args.run_dir} already holds a run ({held[0]}); add --overwrite to replace it")
+        os.makedirs(args.run_dir, exist_ok=True)
+        return args.run_dir
+    env = "".join(c if c.isalnum() or c in "-_." else "-" for c in args.env_id)
+    base = os.path.join("runs", f"{ALGO}__{env}__{args.seed}__{int(time.time())}")
+    os.makedirs("runs", exist_ok=True)
+    for path in [base, *(f"{base}_{k}" for k in range(2, 100))]:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)  # atomic: a run started in the same second takes the next name
+            return path
+    raise FileExistsError(f"{base}_99 exists")
+
+
+def load_checkpoint(path: str) -> dict:
+    """The checkpoint at path if this script wrote it, complete, with args it accepts and finite weights; else
+    ValueError, naming what is wrong."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint not found: {path}") from None
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
+    if not isinstance(state, dict) or state.get("algo") != ALGO:
+        raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
+    try:
+        validate(Args(**state["args"]))
+        state["spaces"], state["global_step"], state["policy"]  # noqa: B018  present, or KeyError
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not a complete checkpoint of this {ALGO}.py ({type(e).__name__}: {e})") from None
+    tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
+    if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
+        raise ValueError(f"{path} holds non-finite weights")
+    return state
+
+
+def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple[float, float]:
+    """Run a saved policy greedily for `episodes` episodes on env_id (default: the env it was trained on, and
+    another must have the same spaces); return (mean, std) of the returns."""
     state = load_checkpoint(path)
-    env = make_env(state["args"]["env_id"])
-    if space_spec(env) != state["spaces"]:
-        raise ValueError(f"{path} was trained on spaces {state['spaces']}, which do not match {env.spec.id} here")
-    device = resolve_device(device_name)
-    obs_dim = int(np.prod(env.observation_space.shape))
-    policy = Policy(obs_dim, env.action_space, state["args"]["hidden_size"]).to(device)
+    args = Args(**{**state["args"], "seed": seed, "device": device_name})
+    env = make_env(env_id or args.env_id)
+    if [str(env.observation_space), str(env.action_space)] != state["spaces"]:
+        raise ValueError(f"--env-id {env_id} has other spaces than {path} was trained on: {state['spaces']}")
+    device = setup(args)
+    policy = Policy(env.observation_space.shape[0], env.action_space, args.hidden_size).to(device)
     try:
         policy.load_state_dict(state["policy"])
     except RuntimeError:
         raise ValueError(f"{path}: the weights do not fit the network its args describe") from None
     returns, steps = [], 0
     for k in range(episodes):
-        obs, _ = env.reset(seed=seed + k)
+        (obs, _), done, total = env.reset(seed=seed + k), False, 0.0
         check_finite(obs, 0.0, steps)
-        done, total = False, 0.0
         while not done:
-            action = (
-                policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], greedy=True)[0].cpu().numpy()
-            )
-            if not policy.discrete:
-                action = np.clip(action, env.action_space.low, env.action_space.high)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            steps += 1
+            action = policy.act(torch.as_tensor(obs[None], dtype=torch.float32, device=device), greedy=True)
+            obs, reward, terminated, truncated, _ = env.step(env_action(action[0].cpu().numpy(), env.action_space))
+            steps, total, done = steps + 1, total + float(reward), terminated or truncated
             check_finite(obs, reward, steps)  # the environment's fault, named as in training
-            total += float(reward)
-            done = terminated or truncated
         returns.append(total)
-    env.close()
     return float(np.mean(returns)), float(np.std(returns))
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
+def validate(args: Args) -> None:
+    """Raise ValueError, naming the flag, unless every number is finite and within the bounds its arg() declares
+    and Args.problems() finds nothing."""
+    bounds = {"above": (operator.gt, ">"), "at_least": (operator.ge, ">="), "below": (operator.lt, "<"),
+              "at_most": (operator.le, "<=")}  # fmt: skip
+    for f in fields(args):
+        flag, value = "--" + f.name.replace("_", "-"), getattr(args, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number (got {value})")
+        for bound, (holds, words) in bounds.items():
+            if f.metadata[bound] is not None and not holds(value, f.metadata[bound]):
+                raise ValueError(f"{flag} must be {words} {f.metadata[bound]} (got {value})")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use cpu or auto")
+    for problem in args.problems():
+        raise ValueError(problem)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit status 2, not argparse's usage dump
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_args(argv=None) -> Args:
-    parser = Parser(
-        prog="actor_critic.py",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = Parser(prog=f"{ALGO}.py", description=__doc__.split("\n")[0], allow_abbrev=False,
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     for f in fields(Args):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                            choices=f.metadata["choices"], help=f.metadata["help"])  # fmt: skip
-    return Args(**vars(parser.parse_args(argv)))
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
+        parser.add_argument("--" + f.name.replace("_", "-"), **kind, default=f.default, choices=f.metadata["choices"],
+                            help=f.metadata["help"])  # fmt: skip
+    args = Args(**vars(parser.parse_args(argv)))
     try:
         validate(args)
-        if args.eval:
-            mean, std = evaluate(args.eval, args.eval_episodes, args.seed, args.device)
-            print(f"eval {args.eval}: mean return {mean:.2f} +- {std:.2f} over {args.eval_episodes} episodes")
+        if args.eval:  # on the checkpoint's env, unless --env-id names another one with the same spaces
+            env_id = args.env_id if any(a.split("=")[0] == "--env-id" for a in argv) else ""
+            mean_return, std = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
+            env_id = env_id or load_checkpoint(args.eval)["args"]["env_id"]
+            print(
+                f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f} ({args.eval_episodes} ep.)"
+            )
         else:
             train(args)
     except ValueError as e:
-        print(f"actor_critic.py: error: {e}", file=sys.stderr)
+        print(f"{ALGO}.py: error: {e}", file=sys.stderr)
         return 2
     except EnvironmentNotFinite as e:  # in --eval (training reports its own, exits 1 and keeps its checkpoint)
-        what, steps = e.args
-        cause = f"the environment returned a non-finite {what} at evaluation step {steps}"
-        print(f"actor_critic.py: {cause}", file=sys.stderr)
+        print(f"{ALGO}.py: the environment returned a non-finite {e.args[0]} at evaluation step {e.args[1]}",
+              file=sys.stderr)  # fmt: skip
         return 1
-    except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
-        return 143 if isinstance(e, Terminated) else 130
+    except KeyboardInterrupt as e:  # a run's checkpoint and metrics are saved already
+        return 128 + (e.args[0] if e.args else signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0
 
 
