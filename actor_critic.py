@@ -414,16 +414,14 @@ class Run:
                 kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
                 print(f"stopped: {cause} at global step {at}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
+            elif error is None:
+                seconds, last_20 = time.time() - self.start, mean(self.returns[-20:])
+                self.summary = {"global_step": self.global_step, "episodes": len(self.returns), "seconds": seconds}
+                print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {seconds:.1f} s; mean return "
+                      f"of the last 20 episodes {last_20:.2f}; files in {self.dir}")  # fmt: skip
         finally:
             signal.signal(signal.SIGINT, signals[signal.SIGINT])
             signal.signal(signal.SIGTERM, self.previous_sigterm)
-        self.summary = {
-            "global_step": self.global_step,
-            "episodes": len(self.returns),
-            "seconds": time.time() - self.start,
-        }
-        print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {self.summary['seconds']:.1f} s; mean "
-              f"return of the last 20 episodes {mean(self.returns[-20:]):.2f}; files in {self.dir}")  # fmt: skip
 
 
 def mean(values: list) -> float:
