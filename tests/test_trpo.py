@@ -25,6 +25,11 @@ import actor_critic as ac
 import trpo
 
 
+def flat_params(module):
+    """Every parameter of module, flattened and concatenated in parameters() order: [P], detached."""
+    return torch.nn.utils.parameters_to_vector(module.parameters()).detach()
+
+
 def small_policy(action_space, obs_dim=3, hidden=4, seed=0):
     """A float64 trpo.Policy small enough to form its Fisher matrix, with a non-trivial output layer (the
     script's 0.01 gain would make every policy nearly uniform) and, for a Gaussian, a non-zero log-std."""
@@ -40,19 +45,19 @@ def small_policy(action_space, obs_dim=3, hidden=4, seed=0):
 def policy_functions(policy, obs, actions, advantages):
     """(surrogate_at, mean_kl): the surrogate L(theta) and the mean KL(pi_old || pi_theta) on a batch, as functions
     of the flat parameter vector, written here from the script's pure functions with pi_old the policy as it is."""
-    theta_old = trpo.flat_params(policy)
 
     def dist_at(theta):
         return torch.func.functional_call(policy, trpo.unflatten(policy, theta), (obs,))
 
-    old_dist = tuple(d.detach() for d in dist_at(theta_old))
-    old_log_probs = trpo.Policy.log_prob_entropy(old_dist, actions)[0]
+    with torch.no_grad():
+        old_dist = dist_at(flat_params(policy))
+        old_log_probs = old_dist.log_prob(actions)
 
     def surrogate_at(theta):
-        return trpo.surrogate(trpo.Policy.log_prob_entropy(dist_at(theta), actions)[0], old_log_probs, advantages)
+        return trpo.surrogate(dist_at(theta).log_prob(actions), old_log_probs, advantages)
 
     def mean_kl(theta):
-        return trpo.kl_divergence(old_dist, dist_at(theta)).mean()
+        return trpo.mean_kl(old_dist, dist_at(theta))
 
     return surrogate_at, mean_kl
 
@@ -114,21 +119,30 @@ def test_gae_takes_the_bool_arrays_gymnasium_returns():
 # ----------------------------------------------------------------------------------------------
 # a. The Fisher-vector product
 # ----------------------------------------------------------------------------------------------
-def test_kl_divergences_are_the_closed_forms_in_the_right_direction():
-    """KL(pi_old || pi), checked against torch.distributions; the two directions differ on these inputs."""
+def test_mean_kl_is_the_closed_forms_in_the_right_direction():
+    """mean_s KL(pi_old || pi) of the policy's two kinds of distribution, against the closed forms written out
+    here: sum_a p_old (log p_old - log p), and for diagonal Gaussians sum_d [log(s_d / s_old,d)
+    + (s_old,d^2 + (m_old,d - m_d)^2) / (2 s_d^2) - 1/2]; the two directions differ on these inputs."""
     g = torch.Generator().manual_seed(0)
-    old_logits, logits = torch.randn(2, 5, 4, generator=g, dtype=F64)
-    expected = torch.distributions.kl_divergence(
-        torch.distributions.Categorical(logits=old_logits), torch.distributions.Categorical(logits=logits)
-    )
-    assert_close(trpo.kl_divergence((old_logits,), (logits,)), expected, rtol=1e-12)
+    old_logits, logits = torch.randn(2, 5, 4, generator=g, dtype=F64).log_softmax(-1)
+    categorical = torch.distributions.Categorical
+    expected = (old_logits.exp() * (old_logits - logits)).sum(-1).mean()
+    reverse = (logits.exp() * (logits - old_logits)).sum(-1).mean()
+    assert_close(trpo.mean_kl(categorical(logits=old_logits), categorical(logits=logits)), expected, rtol=1e-12)
+    assert abs(expected - reverse) > 0.01 * expected  # so a swapped direction cannot pass
     old_mean, mean = torch.randn(2, 5, 3, generator=g, dtype=F64)
     old_log_std, log_std = torch.randn(2, 3, generator=g, dtype=F64)
-    normal = lambda m, s: torch.distributions.Normal(m, s.exp().expand_as(m))  # noqa: E731
-    expected = torch.distributions.kl_divergence(normal(old_mean, old_log_std), normal(mean, log_std)).sum(-1)
-    assert_close(trpo.kl_divergence((old_mean, old_log_std), (mean, log_std)), expected, rtol=1e-12)
-    reverse = torch.distributions.kl_divergence(normal(mean, log_std), normal(old_mean, old_log_std)).sum(-1)
-    assert (expected - reverse).abs().max() > 0.1  # so a swapped direction cannot pass
+    gaussian = lambda m, s: torch.distributions.Independent(torch.distributions.Normal(m, s.exp()), 1)  # noqa: E731
+
+    def closed_form(old_mean, old_log_std, mean, log_std):
+        var_ratio, mean_term = torch.exp(2 * (old_log_std - log_std)), (old_mean - mean) ** 2 * torch.exp(-2 * log_std)
+        return (log_std - old_log_std + 0.5 * (var_ratio + mean_term) - 0.5).sum(-1).mean()
+
+    expected = closed_form(old_mean, old_log_std, mean, log_std)
+    reverse = closed_form(mean, log_std, old_mean, old_log_std)
+    kl = trpo.mean_kl(gaussian(old_mean, old_log_std), gaussian(mean, log_std))
+    assert_close(kl, expected, rtol=1e-12)
+    assert abs(expected - reverse) > 0.01 * expected
 
 
 def test_fisher_vector_product_is_the_exact_fisher_matrix_of_a_tabular_softmax_policy():
@@ -136,10 +150,10 @@ def test_fisher_vector_product_is_the_exact_fisher_matrix_of_a_tabular_softmax_p
     u = grad log pi(a|s) = (e_a - pi(.|s)) in row s, formed densely, against the product by double backprop."""
     S, A = THETA.shape
     states = [0, 1, 2, 2, 3, 4, 4, 4]
-    old_logits = THETA[states]
+    old_policy = torch.distributions.Categorical(logits=THETA[states])
 
     def mean_kl(theta):
-        return trpo.categorical_kl(old_logits, theta.view(S, A)[states]).mean()
+        return trpo.mean_kl(old_policy, torch.distributions.Categorical(logits=theta.view(S, A)[states]))
 
     pi = torch.softmax(THETA, -1)
     F = torch.zeros(S * A, S * A, dtype=F64)
@@ -161,7 +175,7 @@ def test_fisher_vector_product_is_the_derivative_of_the_kl_gradient(action_space
     policy = small_policy(action_space)
     obs, actions, advantages = random_batch(action_space)
     _, mean_kl = policy_functions(policy, obs, actions, advantages)
-    theta_old = trpo.flat_params(policy)
+    theta_old = flat_params(policy)
     v = torch.randn(len(theta_old), generator=torch.Generator().manual_seed(2), dtype=F64)
 
     def kl_grad(theta):
@@ -243,13 +257,13 @@ def test_surrogate_is_the_importance_weighted_advantage():
 # ----------------------------------------------------------------------------------------------
 def exact_fisher(policy, obs):
     """F = mean_s sum_a pi(a|s) grad log pi(a|s) grad log pi(a|s)^T for a categorical policy, formed densely."""
-    theta_old = trpo.flat_params(policy)
+    theta_old = flat_params(policy)
     F = torch.zeros(len(theta_old), len(theta_old), dtype=F64)
     for s in range(len(obs)):
         for a in range(policy.net[-1].out_features):
             theta = theta_old.clone().requires_grad_(True)
-            logits = torch.func.functional_call(policy, trpo.unflatten(policy, theta), (obs[s : s + 1],))[0]
-            logp = logits.log_softmax(-1)[0, a]
+            dist = torch.func.functional_call(policy, trpo.unflatten(policy, theta), (obs[s : s + 1],))
+            logp = dist.log_prob(torch.tensor([a]))[0]
             (u,) = torch.autograd.grad(logp, theta)
             F += logp.exp().detach() * torch.outer(u, u) / len(obs)
     return F
@@ -263,7 +277,7 @@ def test_search_direction_is_the_dense_natural_gradient():
     policy = small_policy(DISCRETE)
     obs, actions, advantages = random_batch(DISCRETE)
     surrogate_at, mean_kl = policy_functions(policy, obs, actions, advantages)
-    theta_old = trpo.flat_params(policy).requires_grad_(True)
+    theta_old = flat_params(policy).requires_grad_(True)
     (g,) = torch.autograd.grad(surrogate_at(theta_old), theta_old)
     P, damping = len(g), 0.1
     x = trpo.conjugate_gradient(trpo.fisher_vector_product(mean_kl, theta_old, damping), g, iters=P, tol=0.0)
@@ -273,18 +287,18 @@ def test_search_direction_is_the_dense_natural_gradient():
 
 def policy_step(policy, obs, actions, advantages, **kw):
     """trpo.policy_step on a copy of the policy; returns (step taken theta - theta_old, the line search's record)."""
-    before = trpo.flat_params(policy)
+    before = flat_params(policy)
     moved = small_policy(DISCRETE)
     moved.load_state_dict(policy.state_dict())
     record = trpo.policy_step(moved, obs, actions, advantages, step_args(**kw))
-    return trpo.flat_params(moved) - before, record
+    return flat_params(moved) - before, record
 
 
 def test_a_step_keeps_the_kl_within_delta_improves_the_surrogate_and_scales_with_sqrt_delta():
     policy = small_policy(DISCRETE)
     obs, actions, advantages = random_batch(DISCRETE)
     surrogate_at, mean_kl = policy_functions(policy, obs, actions, advantages)
-    theta_old = trpo.flat_params(policy)
+    theta_old = flat_params(policy)
     delta = 1e-4  # small enough for the quadratic model of the KL to be accurate
     step, record = policy_step(policy, obs, actions, advantages, delta=delta)
     kl = float(mean_kl(theta_old + step))
@@ -302,7 +316,7 @@ def test_a_full_step_that_breaks_the_kl_bound_is_backtracked():
     policy = small_policy(DISCRETE)
     obs, actions, advantages = random_batch(DISCRETE)
     _, mean_kl = policy_functions(policy, obs, actions, advantages)
-    theta_old = trpo.flat_params(policy)
+    theta_old = flat_params(policy)
     step, record = policy_step(policy, obs, actions, advantages, delta=0.5, damping=0.0)  # far from quadratic
     assert record["accepted"] == 1.0 and record["backtracks"] >= 1
     assert float(mean_kl(theta_old + step)) <= 0.5
@@ -374,7 +388,7 @@ def test_update_is_the_pure_functions_with_advantages_from_the_critic_before_the
         obs, actions = batch["obs"].reshape(-1, 4), batch["actions"].reshape(-1)
         # the policy: g, x = CG(F + damping I, g), the full step sqrt(2 delta / x^T F x) x, the line search
         surrogate_at, mean_kl = policy_functions(policy, obs, actions, A.reshape(-1))
-        theta_old = trpo.flat_params(policy).requires_grad_(True)
+        theta_old = flat_params(policy).requires_grad_(True)
         (g,) = torch.autograd.grad(surrogate_at(theta_old), theta_old)
         theta_old = theta_old.detach()
         fvp = trpo.fisher_vector_product(mean_kl, theta_old, args.damping)
