@@ -1,36 +1,33 @@
 """Trust region policy optimization (TRPO): the natural gradient, in a KL trust region.
 
-actor_critic.py steps along the plain gradient, by a step size measured in parameters. But what matters is how far
-the *policy* moves, and the same parameter step can barely change one policy and wreck another (a logit step that
-does nothing to a saturated softmax flips a uniform one). TRPO measures a step by the mean KL divergence between
-the old and the new policy on the batch's states, and takes the step that improves the surrogate most within a
-radius delta of it (T = --num-steps steps of N = --num-envs envs, A_t from gae() as in actor_critic.py):
+actor_critic.py steps along the plain gradient by a step size measured in parameters, but the same parameter step
+can barely change one policy and wreck another (a logit step that does nothing to a saturated softmax flips a
+uniform one). TRPO measures a step by how far it moves the *policy* on the batch's states, and takes the step that
+improves the surrogate most within a KL radius delta (A_t from gae() on T*N steps, as in actor_critic.py):
     maximise    L(theta)  = mean_t[ pi_theta(a_t|s_t) / pi_old(a_t|s_t) * A_t ]         surrogate()
     subject to  KL(theta) = mean_t KL( pi_old(.|s_t) || pi_theta(.|s_t) ) <= delta       mean_kl()
-At theta_old, grad L = g = mean_t[ grad log pi(a_t|s_t) * A_t ] is the actor-critic's gradient, and KL is 0, with
-zero gradient and the Fisher matrix as its Hessian: F = mean_t E_{a ~ pi_old(.|s_t)}[ grad log pi grad log pi^T ].
-With L linear and KL quadratic in s = theta - theta_old, the step solves
+At theta_old, grad L = g = mean_t[ grad log pi(a_t|s_t) * A_t ], the actor-critic's gradient, and KL is 0 with zero
+gradient and Hessian F = mean_t E_{a ~ pi_old(.|s_t)}[ grad log pi grad log pi^T ], the Fisher matrix. With L
+linear and KL quadratic in s = theta - theta_old, the step solves
     max_s g^T s  subject to  1/2 s^T F s <= delta:    x = F^-1 g,   s = sqrt(2 delta / (x^T F x)) * x
-x is the natural gradient (Kakade 2001): steepest ascent when distance is measured by KL, where g is steepest for
-the Euclidean distance of the parameters. Its independence of the parametrisation holds to first order only: for
-a smooth invertible theta = phi(eta) with Jacobian J, g and F become J^T g and J^T F J, so J x_eta = x_theta and
-the infinitesimal change of policy is the same; a finite step differs between parametrisations at O(|s|^2) (phi's
-curvature), and the damping (J^T F J + damping I is not J^T (F + damping I) J) and a truncated conjugate gradient
-break even the first-order agreement. The step's size is delta, a change of *policy*: the policy has no learning
-rate. F, P x P for P parameters, is never formed: fisher_vector_product() gives (F + damping I) v by
-back-propagating twice through the mean KL (the damping stands in for the directions the batch cannot see), and
-conjugate_gradient() solves (F + damping I) x = g from --cg-iters such products, resolving F's largest eigenvalues
-first. Both models hold only near theta_old, so line_search() tries the fractions 1, c, c^2, ... of the full step
-(c = --backtrack-coef) and takes the first whose measured KL is <= delta and whose surrogate improves; if none does,
-the policy stays. The critic V_phi is fitted after the advantages were computed from it: --vf-epochs epochs of
-minibatch Adam on value_loss() = 1/2 (V(s_t) - G^lam_t)^2, G^lam_t = A_t + V(s_t) the lambda-return.
-What changed since actor_critic.py: the policy's step is this natural-gradient step of KL size delta, instead of an
-Adam step on -log pi * A (so no entropy bonus and no gradient clipping); the critic is its own network, fitted by
-several epochs of minibatch regression (--learning-rate is the critic's alone); the batch is larger (4 envs x 128
-steps), since each update does more work. Rollouts, GAE and time limits are actor_critic.py's.
-References: Schulman et al. 2015 (TRPO; the practical algorithm of its appendix C); Kakade 2001 (natural policy
-gradient); Amari 1998 (natural gradient); Nocedal & Wright 2006 ch. 5 (conjugate gradient); Schulman et al. 2016
-(GAE); Achiam 2018 (Spinning Up, TRPO); Martens 2020 (the natural gradient's invariance, to first order).
+x is the natural gradient (Kakade 2001), steepest ascent when distance is measured by KL rather than by the
+Euclidean distance of the parameters; so the policy has no learning rate, only delta, a size of policy change.
+Its independence of the parametrisation holds to first order only: under a smooth invertible theta = phi(eta)
+with Jacobian J, g and F become J^T g and J^T F J, so J x_eta = x_theta and the infinitesimal change of policy
+agrees; a finite step differs between parametrisations at O(|s|^2) (phi's curvature), and the damping
+(J^T F J + damping I is not J^T (F + damping I) J) and a truncated conjugate gradient break even that.
+F (P x P for P parameters) is never formed: fisher_vector_product() gives (F + damping I) v by back-propagating
+twice through the mean KL (the damping stands in for the directions the batch cannot see), conjugate_gradient()
+solves (F + damping I) x = g from --cg-iters such products, and x^T F x comes from one more. Both models hold only
+near theta_old, so line_search() tries the fractions 1, c, c^2, ... of s (c = --backtrack-coef) and takes the
+first whose measured KL is <= delta and whose surrogate improves; if none does, the policy stays.
+What changed since actor_critic.py: the policy's step is this one instead of an Adam step on -log pi * A (so no
+entropy bonus and no gradient clipping); the critic, a network of its own, is fitted after the advantages were
+computed from it, by --vf-epochs epochs of minibatch Adam on value_loss() (--learning-rate is the critic's alone);
+the batch is larger (4 envs x 128 steps), since each update does more work.
+References: Schulman et al. 2015 (TRPO, the practical algorithm of its appendix C); Kakade 2001 (natural policy
+gradient); Amari 1998; Nocedal & Wright 2006 ch. 5 (conjugate gradient); Schulman et al. 2016 (GAE); Achiam 2018
+(Spinning Up); Martens 2020 ("New insights and perspectives on the natural gradient method": its invariance).
 Run:  python trpo.py --help
 """
 
@@ -129,11 +126,6 @@ class Policy(nn.Module):
         return torch.distributions.Independent(normal, 1, validate_args=False)
 
     forward = dist  # so that torch.func.functional_call(policy, parameters, (obs,)) is pi(.|s) at other parameters
-
-    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]."""
-        dist = self.dist(obs)
-        return dist.log_prob(action), dist.entropy()
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
@@ -242,14 +234,14 @@ def line_search(evaluate, theta_old: torch.Tensor, full_step: torch.Tensor, max_
                 backtrack_coef: float, backtrack_iters: int) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """The first theta_old + backtrack_coef^j full_step, j = 0 .. backtrack_iters - 1, whose surrogate beats the old
     one and whose mean KL is <= max_kl, else theta_old. evaluate(theta [P]) -> (L(theta), KL(theta)), two floats.
-    Returns (theta [P], {"accepted": 1.0 or 0.0, "backtracks": j, the step's "kl" and "surrogate_improvement"})."""
+    Returns (theta [P], {the step's "kl" and "surrogate_improvement", "backtracks": j, "accepted": 1.0 or 0.0})."""
     L_old, _ = evaluate(theta_old)
     for j in range(backtrack_iters):
         theta = theta_old + backtrack_coef**j * full_step
         L, kl = evaluate(theta)
         if kl <= max_kl and L > L_old:
-            return theta, {"accepted": 1.0, "backtracks": float(j), "kl": kl, "surrogate_improvement": L - L_old}
-    return theta_old, {"accepted": 0.0, "backtracks": float(backtrack_iters), "kl": 0.0, "surrogate_improvement": 0.0}
+            return theta, {"kl": kl, "surrogate_improvement": L - L_old, "backtracks": float(j), "accepted": 1.0}
+    return theta_old, {"kl": 0.0, "surrogate_improvement": 0.0, "backtracks": float(backtrack_iters), "accepted": 0.0}
 
 
 # ---- Rollout: T steps of N environments, continuing where the last rollout stopped ----------------------------------
@@ -336,10 +328,8 @@ def policy_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advant
     (g,) = torch.autograd.grad(L, theta)  # the policy gradient at theta_old
     fvp = fisher_vector_product(lambda theta: mean_kl(old_dist, dist_at(theta)), theta_old, args.damping)
     x = conjugate_gradient(fvp, g, args.cg_iters)  # ~ (F + damping I)^-1 g, the natural gradient
-    xFx = float(x @ fvp(x))
-    full_step = (
-        math.sqrt(2 * args.delta / xFx) * x if xFx > 0 else torch.zeros_like(x)
-    )  # 1/2 s^T(F + damping I)s = delta
+    xFx = float(x @ fvp(x))  # the full step s has 1/2 s^T (F + damping I) s = delta
+    full_step = math.sqrt(2 * args.delta / xFx) * x if xFx > 0 else torch.zeros_like(x)
     if not torch.isfinite(full_step).all():
         raise FloatingPointError("policy step")
 
@@ -374,9 +364,8 @@ def update(policy, value_net, optimizer, batch, args: Args) -> dict[str, float]:
         raise FloatingPointError("value loss")
     if not all(torch.isfinite(p).all() for net in (policy, value_net) for p in net.parameters()):
         raise FloatingPointError("parameters")
-    return {"kl": record["kl"], "surrogate_improvement": record["surrogate_improvement"],
-            "backtracks": record["backtracks"], "accepted": record["accepted"], "value_loss": v_loss,
-            "entropy": entropy, "explained_variance": explained_variance(flat(values), flat(targets))}  # fmt: skip
+    explained = explained_variance(flat(values), flat_targets)
+    return {**record, "value_loss": v_loss, "entropy": entropy, "explained_variance": explained}
 
 
 # ---- Training loop --------------------------------------------------------------------------------------------------
