@@ -59,7 +59,8 @@ MARKS = (25, 50, 100, 150, 200, 300, 400, 600, 800, 1000)  # updates shown in th
 def run(algo: str, seed: int, setting: list[str], run_dir: str) -> float:
     """Train one seed of one algorithm through its command line, its output in run_dir/log.txt; return the
     seconds from launch to exit."""
-    cmd = [sys.executable, os.path.join(ROOT, f"{algo}.py"), "--seed", str(seed), "--run-dir", run_dir, *setting]
+    cmd = [sys.executable, os.path.join(ROOT, f"{algo}.py"), "--seed", str(seed), "--run-dir", run_dir, "--overwrite",
+           *setting]  # fmt: skip
     os.makedirs(run_dir, exist_ok=True)
     launch = run_command(cmd, os.path.join(run_dir, "log.txt"), timeout=3600)
     if launch.returncode != 0:

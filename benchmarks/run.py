@@ -167,7 +167,7 @@ def finished(job: Job) -> dict | None:
 
 def execute(job: Job, timeout: float) -> dict:
     os.makedirs(job.run_dir, exist_ok=True)
-    for name in ("episodes.csv", "metrics.csv", "run.json"):  # nothing left from an earlier, unfinished try
+    for name in ("episodes.csv", "metrics.csv", "model.pt", "run.json"):  # nothing left from an earlier try
         if os.path.exists(os.path.join(job.run_dir, name)):
             os.remove(os.path.join(job.run_dir, name))
     launch = run_command(job.command(), os.path.join(job.run_dir, "log.txt"), timeout)

@@ -32,7 +32,7 @@ def first_solve(path: str, threshold: float):
 
 def run_seed(script: str, env_id: str, seed: int, threshold: float, budget: int, extra: list[str], run_dir: str):
     cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--seed", str(seed),
-           "--total-timesteps", str(budget), "--run-dir", run_dir, *extra]  # fmt: skip
+           "--total-timesteps", str(budget), "--run-dir", run_dir, "--overwrite", *extra]  # fmt: skip
     episodes = os.path.join(run_dir, "episodes.csv")
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

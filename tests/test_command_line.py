@@ -25,6 +25,8 @@ from runs import ROOT, read_csv, run_script, script_command
 
 COMMON_BAD_INPUT = [
     (["--learning-rate", "-0.1"], "--learning-rate"),
+    (["--learning-rate", "inf"], "--learning-rate"),  # passes "> 0", but no run can train on it
+    (["--learning-rate", "nan"], "--learning-rate"),
     (["--eval", "/nonexistent/model.pt"], "not found"),
     (["--device", "tpu"], "--device"),
 ]
@@ -32,6 +34,9 @@ GYMNASIUM_BAD_INPUT = [
     (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
     (["--env-id", "FrozenLake-v1"], "not supported"),
     (["--gamma", "1.5"], "--gamma"),
+    (["--env-id", "no_such_module:Env-v0"], "no_such_module"),  # gym.make imports the module: ModuleNotFoundError
+    (["--env-id", "ImageObservations-v0"], "not supported"),  # a Box of shape (3, 8, 8)
+    (["--env-id", "ScalarObservation-v0"], "not supported"),  # a Box of shape ()
 ]
 GYMNASIUM_SCRIPT = {  # what the scripts that train on Gymnasium environments share
     "long": ["--total-timesteps", "100000000"],
@@ -44,6 +49,7 @@ GYMNASIUM_SCRIPT = {  # what the scripts that train on Gymnasium environments sh
 }
 GRPO_BAD_INPUT = [
     (["--task", "poetry"], "--task"),
+    (["--max-completion-len", "100000"], "--max-completion-len"),  # more positions than the model holds
     (["--group-size", "1"], "--group-size"),
     (["--beta", "-0.1"], "--beta"),
     (["--kl-estimator", "k1"], "--kl-estimator"),
@@ -84,6 +90,8 @@ SCRIPTS = {
             (["--num-minibatches", "5"], "--num-minibatches"),
             (["--update-epochs", "0"], "--update-epochs"),
             (["--clip-coef", "0"], "--clip-coef"),
+            (["--clip-coef", "inf"], "--clip-coef"),
+            (["--num-envs", "1", "--num-steps", "8", "--num-minibatches", "8"], "--num-minibatches"),  # of one step
             (["--target-kl", "-0.01"], "--target-kl"),
             (["--norm-adv", "yes"], "yes"),
         ],
@@ -95,15 +103,30 @@ SCRIPTS = {
         "bad": [
             *GYMNASIUM_BAD_INPUT,
             (["--delta", "0"], "--delta"),
+            (["--delta", "inf"], "--delta"),
             (["--damping", "-0.1"], "--damping"),
+            (["--damping", "inf"], "--damping"),
             (["--cg-iters", "0"], "--cg-iters"),
             (["--backtrack-coef", "1.0"], "--backtrack-coef"),
             (["--num-minibatches", "3"], "--num-minibatches"),
         ],
     },
-    "grpo": {**GRPO_SCRIPT, "bad": [*GRPO_BAD_INPUT, (["--adv-eps", "0"], "--adv-eps")]},
+    "grpo": {**GRPO_SCRIPT, "bad": [*GRPO_BAD_INPUT, *[(["--adv-eps", v], "--adv-eps") for v in ("0", "inf")]]},
     "dr_grpo": {**GRPO_SCRIPT, "bad": [*GRPO_BAD_INPUT, (["--max-completion-len", "0"], "--max-completion-len")]},
 }
+
+
+class Observations(gym.Env):
+    """Observations of any shape (the scripts take 1-D Boxes only), two actions."""
+
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, shape: tuple):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape, np.float32)
+
+
+gym.register("ImageObservations-v0", entry_point=Observations, kwargs={"shape": (3, 8, 8)})
+gym.register("ScalarObservation-v0", entry_point=Observations, kwargs={"shape": ()})
 BAD_INPUT = [(s, argv, needle) for s, spec in SCRIPTS.items() for argv, needle in spec["bad"] + COMMON_BAD_INPUT]
 GYMNASIUM = [s for s, spec in SCRIPTS.items() if "nan_at_step" in spec]
 
@@ -337,3 +360,120 @@ def test_readme_command_runs(command, checkpoint_of, tmp_path, capsys):
     if "--eval" not in argv:
         argv += [*SCRIPTS[script]["short"], "--run-dir", str(tmp_path / "run")]
     assert exit_status(script, argv) == 0, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing lost under misuse: run directories, checkpoints, --eval's environment, signals during a save
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_run_dir_that_holds_a_run_is_refused_unless_overwrite(script, tmp_path, capsys):
+    run, short = tmp_path / "run", SCRIPTS[script]["short"]
+    assert exit_status(script, [*short, "--run-dir", str(run)]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    assert exit_status(script, [*short, "--seed", "7", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(run) in err and "--overwrite" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # not a byte written
+    assert exit_status(script, [*short, "--seed", "7", "--run-dir", str(run), "--overwrite"]) == 0
+    assert importlib.import_module(script).load_checkpoint(str(run / "model.pt"))["args"]["seed"] == 7
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_default_run_dirs_are_unique_within_a_second(script, tmp_path, monkeypatch):
+    """Two runs started in the same second (the clock stopped) get two directories; the checkpoint is written through
+    a temporary file named for this process, and none is left behind."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
+    saved_to, real_save = [], torch.save
+    monkeypatch.setattr(
+        torch, "save", lambda obj, path, *a, **k: saved_to.append(path) or real_save(obj, path, *a, **k)
+    )
+    for _ in range(2):
+        assert exit_status(script, SCRIPTS[script]["short"]) == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all((run / "model.pt").exists() and (run / "metrics.csv").exists() for run in runs)
+    assert saved_to and all(str(os.getpid()) in os.path.basename(str(path)) for path in saved_to)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_ctrl_c_during_a_save_leaves_a_complete_checkpoint_and_no_traceback(script, tmp_path, monkeypatch, capsys):
+    """Every save is hit by a Ctrl-C: the first (a periodic save) stops training, the second (the save that Ctrl-C
+    asks for) must still complete. Exit status 130, no partial file, a checkpoint that loads, and no traceback."""
+    real_save = torch.save
+
+    def save_then_ctrl_c(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives before the temporary file is renamed
+
+    monkeypatch.setattr(torch, "save", save_then_ctrl_c)
+    run = tmp_path / "run"
+    assert exit_status(script, [*SCRIPTS[script]["long"], "--log-interval", "1", "--run-dir", str(run)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted" in err, err
+    assert not list(run.glob("*.tmp"))
+    state = importlib.import_module(script).load_checkpoint(str(run / "model.pt"))
+    assert state[SCRIPTS[script]["step"]] == int(read_csv(run / "metrics.csv")[-1]["global_step"])
+
+
+@pytest.mark.parametrize("damage", ["no args", "args emptied", "an unknown arg", "NaN weights"])
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_damaged_or_older_checkpoints_are_refused_at_load(script, damage, checkpoint_of, tmp_path, capsys):
+    state = torch.load(checkpoint_of(script), weights_only=True)
+    if damage == "no args":
+        del state["args"]
+    elif damage == "args emptied":
+        state["args"] = {}
+    elif damage == "an unknown arg":
+        state["args"]["no_such_arg"] = 1
+    else:
+        weight = next(v for v in state["policy"].values() if v.is_floating_point())
+        weight.view(-1)[0] = float("nan")
+    torch.save(state, tmp_path / "damaged.pt")
+    assert exit_status(script, ["--eval", str(tmp_path / "damaged.pt")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "damaged.pt" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("script", GYMNASIUM)
+def test_eval_uses_the_checkpoints_env_unless_env_id_names_one_with_the_same_spaces(script, checkpoint_of, capsys):
+    path = checkpoint_of(script)  # trained on CartPole-v1
+    assert exit_status(script, ["--eval", path, "--eval-episodes", "1"]) == 0
+    assert " on CartPole-v1:" in capsys.readouterr().out
+    assert exit_status(script, ["--eval", path, "--eval-episodes", "1", "--env-id", "CartPole-v0"]) == 0  # same spaces
+    assert " on CartPole-v0:" in capsys.readouterr().out
+    assert exit_status(script, ["--eval", path, "--eval-episodes", "1", "--env-id", "Acrobot-v1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Acrobot-v1" in err, err
+
+
+class ActionsFromOne(gym.Env):
+    """Discrete(3, start=1): actions 1, 2, 3, and every other action is recorded as wrong. Episodes of 5 steps."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(3, start=1)
+    wrong: list = []
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            ActionsFromOne.wrong.append(action)
+        self.t += 1
+        return np.full(2, self.t / 5, np.float32), float(action == 3), self.t == 5, False, {}
+
+
+gym.register("ActionsFromOne-v0", entry_point=ActionsFromOne)
+
+
+@pytest.mark.parametrize("script", GYMNASIUM)
+def test_discrete_actions_that_start_at_one_reach_the_env_as_such(script, tmp_path, monkeypatch):
+    monkeypatch.setattr(ActionsFromOne, "wrong", [])
+    run = tmp_path / "run"
+    assert exit_status(script, [*SCRIPTS[script]["short"], "--env-id", "ActionsFromOne-v0", "--run-dir", str(run)]) == 0
+    assert exit_status(script, ["--eval", str(run / "model.pt"), "--eval-episodes", "2"]) == 0
+    assert ActionsFromOne.wrong == []
