@@ -390,11 +390,14 @@ def train(args: Args) -> dict[str, float]:
 
 
 # ---- everything below is plumbing, not reinforcement learning -------------------------------------------------------
+# setup() seeds and picks the device; make_env() checks an env's spaces; Run writes a training run (its directory,
+# metrics.csv, episodes.csv, model.pt, progress lines) and handles Ctrl-C, SIGTERM and non-finite numbers;
+# load_checkpoint() and evaluate() serve --eval; validate() and main() the command line. Every error a user can
+# cause is a ValueError, which main() prints as one line before exiting with status 2.
 ALGO = "trpo"
 
 
 def setup(args: Args) -> torch.device:
-    """Seed Python, numpy and torch, set torch's CPU threads; the device to use (auto: CUDA if available)."""
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -403,7 +406,6 @@ def setup(args: Args) -> torch.device:
 
 
 def make_env(env_id: str) -> gym.Env:
-    """gym.make, with the spaces this script supports checked; raises ValueError otherwise."""
     try:
         env = gym.make(env_id)
     except Exception as e:  # an unknown id, a module that does not import, an entry point that fails
@@ -430,10 +432,14 @@ def interrupt(signum, frame):
     raise KeyboardInterrupt(signum)  # Ctrl-C (SIGINT), or SIGTERM from a scheduler, `timeout`, `docker stop`
 
 
+def mean(values: list) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
 class Run:
-    """What a training run writes, around its loop: `with Run(args, env, checkpoint) as run:`. A row of episodes.csv
-    per episode (run.on_episode_end) and of metrics.csv per update (run.log); every --log-interval updates and at the
-    end, model.pt ({algo, args, env spaces, global_step} and the dict checkpoint() returns) and a progress line.
+    """`with Run(args, env, checkpoint) as run:` around the training loop. run.on_episode_end(...): a row of
+    episodes.csv; run.log(steps, stats): a row of metrics.csv per update, and every --log-interval updates (and at
+    the end) model.pt, {algo, args, env spaces, global_step} and the dict checkpoint() returns, and a progress line.
     Ctrl-C or SIGTERM: save, exit 130 or 143. A FloatingPointError: exit 1, keeping the last good checkpoint."""
 
     def __init__(self, args: Args, env: gym.Env, checkpoint):
@@ -441,12 +447,24 @@ class Run:
         self.global_step, self.updates, self.saved, self.returns, self.lengths, self.logged = 0, 0, False, [], [], 0
 
     def __enter__(self) -> Run:
+        self.dir = self.args.run_dir
+        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
+        if held and not self.args.overwrite:
+            raise ValueError(f"--run-dir {self.dir} already holds a run ({held[0]}); add --overwrite to replace it")
         try:
-            self.dir = make_run_dir(self.args)
+            if not self.dir:  # runs/<algo>__<env>__<seed>__<time>, or _2, _3, ... after it if a run took that name
+                env = "".join(c if c.isalnum() or c in "-_." else "-" for c in self.args.env_id)
+                base = os.path.join("runs", f"{ALGO}__{env}__{self.args.seed}__{int(time.time())}")
+                os.makedirs("runs", exist_ok=True)
+                for self.dir in (base, *(f"{base}_{k}" for k in range(2, 100))):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(self.dir)  # atomic: of two runs started at once, one gets the name
+                        break
+            os.makedirs(self.dir, exist_ok=True)
             self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
             self.episodes = open(os.path.join(self.dir, "episodes.csv"), "w")
         except OSError as e:
-            raise ValueError(f"--run-dir {self.args.run_dir or 'runs'} cannot be created or written: {e}") from None
+            raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
         print("global_step,wall_time,return,length", file=self.episodes, flush=True)
         self.model_path = os.path.join(self.dir, "model.pt")
         self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
@@ -461,7 +479,6 @@ class Run:
         self.lengths.append(length)
 
     def log(self, steps: int, stats: dict[str, float]) -> None:
-        """After an update that took `steps` environment steps: a row of metrics.csv, maybe a save and a line."""
         now, ended = time.time(), slice(self.logged, len(self.returns))  # the episodes that ended since the last row
         self.global_step, self.updates, self.logged = self.global_step + steps, self.updates + 1, len(self.returns)
         row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
@@ -476,8 +493,7 @@ class Run:
             numbers = " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("global_step", "wall_time"))
             print(f"step {self.global_step:>8} | return(last 20) {mean(self.returns[-20:]):8.2f} | {numbers}")
 
-    def save(self) -> None:
-        """Write model.pt atomically: a temporary file of this process, then a rename; never a partial file."""
+    def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
         state = {"algo": ALGO, "args": asdict(self.args), "spaces": self.spaces, "global_step": self.global_step}
         tmp = f"{self.model_path}.{os.getpid()}.tmp"
         try:
@@ -486,7 +502,7 @@ class Run:
             self.saved = True
         finally:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)  # left only if the save was interrupted
+                os.remove(tmp)  # there only if the save was interrupted
 
     def __exit__(self, kind, error, traceback) -> None:
         self.metrics.close()
@@ -513,53 +529,31 @@ class Run:
             signal.signal(signal.SIGTERM, self.previous_sigterm)
 
 
-def mean(values: list) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
-def make_run_dir(args: Args) -> str:
-    """--run-dir, refused if it holds a run (unless --overwrite), or a new runs/<algo>__<env>__<seed>__<time>[_k]."""
-    if args.run_dir:
-        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(args.run_dir, f))]
-        if held and not args.overwrite:
-            raise ValueError(f"--run-dir {args.run_dir} already holds a run ({held[0]}); add --overwrite to replace it")
-        os.makedirs(args.run_dir, exist_ok=True)
-        return args.run_dir
-    env = "".join(c if c.isalnum() or c in "-_." else "-" for c in args.env_id)
-    base = os.path.join("runs", f"{ALGO}__{env}__{args.seed}__{int(time.time())}")
-    os.makedirs("runs", exist_ok=True)
-    for path in [base, *(f"{base}_{k}" for k in range(2, 100))]:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path)  # atomic: a run started in the same second takes the next name
-            return path
-    raise FileExistsError(f"{base}_99 exists")
-
-
 def load_checkpoint(path: str) -> dict:
-    """The checkpoint at path if this script wrote it, complete, with args it accepts and finite weights; else
-    ValueError, naming what is wrong."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: a file runs no code
     except FileNotFoundError:
         raise ValueError(f"checkpoint not found: {path}") from None
     except Exception as e:
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
     if not isinstance(state, dict) or state.get("algo") != ALGO:
         raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
+    names, parts = {f.name for f in fields(Args)}, ("args", "spaces", "global_step", "policy")
+    if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
+        raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
     try:
         validate(Args(**state["args"]))
-        state["spaces"], state["global_step"], state["policy"]  # noqa: B018  present, or KeyError
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is not a complete checkpoint of this {ALGO}.py ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
     if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
         raise ValueError(f"{path} holds non-finite weights")
     return state
 
 
-def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple[float, float]:
-    """Run a saved policy greedily for `episodes` episodes on env_id (default: the env it was trained on, and
-    another must have the same spaces); return (mean, std) of the returns."""
+def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple:
+    """Greedy episodes of a saved policy on env_id (default: its own env; another must have the same spaces):
+    (mean, std) of the returns, and the env's id."""
     state = load_checkpoint(path)
     args = Args(**{**state["args"], "seed": seed, "device": device_name})
     env = make_env(env_id or args.env_id)
@@ -581,12 +575,10 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env
             steps, total, done = steps + 1, total + float(reward), terminated or truncated
             check_finite(obs, reward, steps)  # the environment's fault, named as in training
         returns.append(total)
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), env_id or args.env_id
 
 
 def validate(args: Args) -> None:
-    """Raise ValueError, naming the flag, unless every number is finite and within the bounds its arg() declares
-    and Args.problems() finds nothing."""
     bounds = {"above": (operator.gt, ">"), "at_least": (operator.ge, ">="), "below": (operator.lt, "<"),
               "at_most": (operator.le, "<=")}  # fmt: skip
     for f in fields(args):
@@ -620,8 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         if args.eval:  # on the checkpoint's env, unless --env-id names another one with the same spaces
             env_id = args.env_id if any(a.split("=")[0] == "--env-id" for a in argv) else ""
-            mean_return, std = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
-            env_id = env_id or load_checkpoint(args.eval)["args"]["env_id"]
+            mean_return, std, env_id = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
             print(
                 f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f} ({args.eval_episodes} ep.)"
             )
