@@ -191,17 +191,15 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
 
 # ---- The trust-region step: pure functions on flat parameter vectors [P] ---------------------------------------------
 def unflatten(module: nn.Module, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The flat vector theta [P] cut into module's named parameters, in parameters() order (views: the gradients
-    reach theta)."""
+    """theta [P] cut into module's named parameters, in parameters() order (views, so gradients reach theta)."""
     names, params = zip(*module.named_parameters(), strict=True)
     pieces = theta.split([p.numel() for p in params])
     return {name: piece.view_as(p) for name, piece, p in zip(names, pieces, params, strict=True)}
 
 
 def fisher_vector_product(mean_kl, theta: torch.Tensor, damping: float):
-    """v -> (F + damping I) v, F the Hessian at theta [P] of mean_kl (a function [P] -> scalar, the mean KL from a
-    fixed pi_old, so F is the Fisher matrix at theta = theta_old), by back-propagating twice: F v = grad[ grad KL . v ].
-    grad KL is built once, with its graph; each product back-propagates through it again."""
+    """v [P] -> (F + damping I) v, F the Hessian at theta [P] of mean_kl(theta) (the mean KL from a fixed pi_old: at
+    theta_old, the Fisher matrix), by back-propagating twice, F v = grad[ grad KL . v ], through one grad KL."""
     theta = theta.detach().requires_grad_(True)
     (grad_kl,) = torch.autograd.grad(mean_kl(theta), theta, create_graph=True)
 
@@ -370,8 +368,7 @@ def update(policy, value_net, optimizer, batch, args: Args) -> dict[str, float]:
 
 # ---- Training loop --------------------------------------------------------------------------------------------------
 def train(args: Args) -> dict[str, float]:
-    """The RL loop: roll out T steps of N envs, step the policy in its trust region and fit the critic, log; until
-    the budget is spent."""
+    """The RL loop: roll out T steps of N envs, a trust-region step and the critic's fit, log; until the budget."""
     device = setup(args)  # seeds, torch threads, the device
     envs = make_envs(args.env_id, args.num_envs)
     obs_dim = envs.single_observation_space.shape[0]
