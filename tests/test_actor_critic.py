@@ -23,10 +23,12 @@ from exact import (
     trajectory_log_probs,
     true_grad,
 )
+from processes import on_two_processes
 from runs import eval_mean_return, read_csv
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
+    flat_parameters,
     optimiser_step,
     rollout_batch,
 )
@@ -349,6 +351,42 @@ def test_every_hyperparameter_of_the_loss_reaches_update(network):
     assert_each_hyperparameter_changes_the_update(
         state, lambda s, args: ac.update(*s, batch, args), WIRING_ARGS, changes
     )
+
+
+def update_on_a_share(rank: int, network: str) -> torch.Tensor:
+    """On process `rank` of 2: the wiring state, then update() on this process's half of the envs; the parameters."""
+    state, _ = actor_critic_state(network)
+    ac.update(*state, {k: v[:, 2 * rank : 2 * rank + 2] for k, v in rollout_batch(3, N=4).items()}, WIRING_ARGS)
+    return flat_parameters(state)
+
+
+@pytest.mark.parametrize("network", ["separate", "shared"])
+def test_update_on_two_processes_is_the_update_of_one_on_their_union(network):
+    """torchrun's split: each process has 2 of the 4 envs; the averaged gradient is that of the mean over all 4."""
+    state, _ = actor_critic_state(network)
+    ac.update(*state, rollout_batch(3, N=4), WIRING_ARGS)
+    for parameters in on_two_processes(update_on_a_share, network):
+        assert_close(parameters, flat_parameters(state), rtol=1e-12)
+
+
+def test_every_update_steps_once_at_the_constant_learning_rate(tmp_path, monkeypatch):
+    """The documented schedule: one Adam step per update on every parameter of actor and critic, at --learning-rate
+    throughout. Read from the optimiser each update() is given, as it steps."""
+    original_update, lrs = ac.update, []
+
+    def recording_update(policy, value_net, optimizer, batch, args):
+        params = {id(p) for net in (policy, value_net) for p in net.parameters()}
+        assert {id(p) for group in optimizer.param_groups for p in group["params"]} == params
+        hook = optimizer.register_step_pre_hook(lambda opt, *_: lrs.append([g["lr"] for g in opt.param_groups]))
+        try:
+            return original_update(policy, value_net, optimizer, batch, args)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(ac, "update", recording_update)
+    argv = ["--total-timesteps", "256", "--num-envs", "2", "--num-steps", "32", "--learning-rate", "0.0025"]
+    assert ac.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
+    assert lrs == [[0.0025]] * 4
 
 
 # ----------------------------------------------------------------------------------------------
