@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field, fields
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 
@@ -84,10 +85,13 @@ class Args:
     eval_episodes: int = arg(10, "episodes for --eval", at_least=1)
 
     def problems(self) -> list[str]:
-        """Constraints between hyperparameters that no single range expresses."""
-        batch = self.num_envs * self.num_steps
+        """Constraints between hyperparameters (and torchrun's processes) that no single range expresses."""
+        world = share()[1]
+        if self.num_envs % world:
+            return [f"--num-envs {self.num_envs} must split evenly over {world} processes"]
+        batch = self.num_envs // world * self.num_steps  # a process's share of the T*N steps
         if batch % self.num_minibatches:
-            return [f"--num-minibatches must divide num_envs * num_steps = {batch} (got {self.num_minibatches})"]
+            return [f"--num-minibatches {self.num_minibatches} must divide the {batch} steps of a process's rollout"]
         return []
 
 
@@ -173,9 +177,9 @@ def surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: 
     return (torch.exp(log_probs - old_log_probs.detach()) * advantages.detach()).mean()
 
 
-def mean_kl(old_dist: torch.distributions.Distribution, dist: torch.distributions.Distribution) -> torch.Tensor:
-    """The trust region's measure, mean_s KL(pi_old(.|s) || pi(.|s)), over two distributions of batch shape [B]."""
-    return torch.distributions.kl_divergence(old_dist, dist).mean()
+def mean_kl(old: torch.distributions.Distribution, new: torch.distributions.Distribution) -> torch.Tensor:
+    """The trust region's measure, mean_s KL(pi_old(.|s) || pi(.|s)), of two distributions of batch shape [B]."""
+    return torch.distributions.kl_divergence(old, new).mean()
 
 
 def value_loss(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
@@ -321,10 +325,18 @@ def policy_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advant
 
     theta = theta_old.clone().requires_grad_(True)
     L = surrogate_at(theta)
+    (g,) = torch.autograd.grad(L, theta)  # the policy gradient at theta_old
+    L = L.detach()
+    all_mean([L, g])  # under torchrun, every mean here is over every process's steps
     if not torch.isfinite(L):
         raise FloatingPointError("surrogate")
-    (g,) = torch.autograd.grad(L, theta)  # the policy gradient at theta_old
-    fvp = fisher_vector_product(lambda theta: mean_kl(old_dist, dist_at(theta)), theta_old, args.damping)
+    local_fvp = fisher_vector_product(lambda theta: mean_kl(old_dist, dist_at(theta)), theta_old, args.damping)
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        product = local_fvp(v)
+        all_mean([product])
+        return product
+
     x = conjugate_gradient(fvp, g, args.cg_iters)  # ~ (F + damping I)^-1 g, the natural gradient
     xFx = float(x @ fvp(x))  # the full step s has 1/2 s^T (F + damping I) s = delta
     full_step = math.sqrt(2 * args.delta / xFx) * x if xFx > 0 else torch.zeros_like(x)
@@ -333,7 +345,9 @@ def policy_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advant
 
     @torch.no_grad()
     def evaluate(theta: torch.Tensor) -> tuple[float, float]:
-        return float(surrogate_at(theta)), float(mean_kl(old_dist, dist_at(theta)))
+        values = torch.stack([surrogate_at(theta), mean_kl(old_dist, dist_at(theta))])
+        all_mean([values])
+        return float(values[0]), float(values[1])
 
     theta, record = line_search(evaluate, theta_old, full_step, args.delta, args.backtrack_coef, args.backtrack_iters)
     nn.utils.vector_to_parameters(theta, policy.parameters())
@@ -355,6 +369,7 @@ def update(policy, value_net, optimizer, batch, args: Args) -> dict[str, float]:
             loss = value_loss(value_net(obs[idx]), flat_targets[idx])
             optimizer.zero_grad()
             loss.backward()
+            all_mean([p.grad for p in value_net.parameters()])
             optimizer.step()
             losses.append(loss.detach())
     v_loss = torch.stack(losses).mean().item()  # the last epoch's
@@ -369,14 +384,15 @@ def update(policy, value_net, optimizer, batch, args: Args) -> dict[str, float]:
 # ---- Training loop --------------------------------------------------------------------------------------------------
 def train(args: Args) -> dict[str, float]:
     """The RL loop: roll out T steps of N envs, a trust-region step and the critic's fit, log; until the budget."""
-    device = setup(args)  # seeds, torch threads, the device
-    envs = make_envs(args.env_id, args.num_envs)
+    device = setup(args)  # seeds, torch threads, the device; under torchrun, the process group
+    rank, world = share()  # this process's rank and the number of processes (0, 1 without torchrun)
+    envs = make_envs(args.env_id, args.num_envs // world)  # this process's share of the N envs
     obs_dim = envs.single_observation_space.shape[0]
     policy = Policy(obs_dim, envs.single_action_space, args.hidden_size).to(device)
     value_net = ValueNet(obs_dim, args.hidden_size).to(device)
     optimizer = torch.optim.Adam(value_net.parameters(), lr=args.learning_rate)  # the critic's, at a constant rate
-    obs, _ = envs.reset(seed=args.seed)  # env i gets seed + i; later resets continue each env's own generator
-    carry = {"obs": obs, "episode_return": np.zeros(args.num_envs), "episode_length": np.zeros(args.num_envs, int)}
+    obs, _ = envs.reset(seed=args.seed + rank * envs.num_envs)  # env i of N gets seed + i, then its own generator
+    carry = {"obs": obs, "episode_return": np.zeros(envs.num_envs), "episode_length": np.zeros(envs.num_envs, int)}
     with Run(args, envs.envs[0], lambda: {"policy": policy.state_dict(), "value": value_net.state_dict()}) as run:
         while run.global_step < args.total_timesteps:
             batch = rollout(envs, policy, carry, args.num_steps, device, run.on_episode_end)
@@ -397,9 +413,30 @@ ALGO = "trpo"
 def setup(args: Args) -> torch.device:
     random.seed(args.seed)
     np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # alike on every process: the networks start identical
     torch.set_num_threads(args.torch_threads)
-    return torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = share()
+    if world > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
+    return device
+
+
+def share() -> tuple[int, int]:
+    """(rank, number of processes), as torchrun sets them; (0, 1) for a plain `python script.py`."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def all_mean(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor in place over the processes, whose batches together are the one batch of one process."""
+    if dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+            tensor /= dist.get_world_size()
 
 
 def make_env(env_id: str) -> gym.Env:
@@ -444,6 +481,18 @@ class Run:
         self.global_step, self.updates, self.saved, self.returns, self.lengths, self.logged = 0, 0, False, [], [], 0
 
     def __enter__(self) -> Run:
+        rank, self.world = share()
+        if self.world > 1:  # the networks were built alike on every process; from here each samples its own actions
+            torch.manual_seed(self.args.seed + rank)
+        self.dir = self.model_path = ""
+        self.metrics, self.episodes = open(os.devnull, "w"), open(os.devnull, "w")
+        if rank == 0:  # rank 0 alone writes the run directory
+            self.open_run_dir()
+        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
+        self.start = self.last = time.time()
+        return self
+
+    def open_run_dir(self) -> None:
         self.dir = self.args.run_dir
         held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
         if held and not self.args.overwrite:
@@ -464,19 +513,25 @@ class Run:
             raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
         print("global_step,wall_time,return,length", file=self.episodes, flush=True)
         self.model_path = os.path.join(self.dir, "model.pt")
-        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
-        print(f"{ALGO} on {self.args.env_id} | run dir {self.dir}")
-        self.start = self.last = time.time()
-        return self
+        print(f"{ALGO} on {self.args.env_id} | {self.world} process(es) | run dir {self.dir}")
 
     def on_episode_end(self, episode_return: float, length: int, steps_so_far: int) -> None:
         now = round(time.time() - self.start, 3)
-        print(self.global_step + steps_so_far, now, episode_return, length, sep=",", file=self.episodes, flush=True)
+        print(
+            self.global_step + steps_so_far * self.world,
+            now,
+            episode_return,
+            length,
+            sep=",",
+            file=self.episodes,
+            flush=True,
+        )
         self.returns.append(episode_return)
         self.lengths.append(length)
 
     def log(self, steps: int, stats: dict[str, float]) -> None:
         now, ended = time.time(), slice(self.logged, len(self.returns))  # the episodes that ended since the last row
+        steps *= self.world  # every process took as many
         self.global_step, self.updates, self.logged = self.global_step + steps, self.updates + 1, len(self.returns)
         row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
                "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
@@ -491,6 +546,8 @@ class Run:
             print(f"step {self.global_step:>8} | return(last 20) {mean(self.returns[-20:]):8.2f} | {numbers}")
 
     def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
+        if not self.model_path:  # a process other than rank 0
+            return
         state = {"algo": ALGO, "args": asdict(self.args), "spaces": self.spaces, "global_step": self.global_step}
         tmp = f"{self.model_path}.{os.getpid()}.tmp"
         try:
