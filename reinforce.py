@@ -1,11 +1,10 @@
 """REINFORCE: the score-function policy gradient, with returns-to-go and a baseline.
 
-The idea. To improve a stochastic policy pi_theta(a|s) we need the gradient of its expected return,
-but the return depends on theta only through which actions get sampled. The score-function
-(likelihood-ratio) identity turns that gradient into an expectation we can sample:
-grad E[f(tau)] = E[f(tau) grad log p_theta(tau)], and grad log p_theta(tau) = sum_t grad log pi(a_t|s_t)
-because the environment's dynamics do not depend on theta. Play some episodes, weight each action's
-log-probability by how good what followed it was, and climb.
+To improve a stochastic policy pi_theta(a|s) we need the gradient of its expected return, but the return depends
+on theta only through which actions get sampled. The score-function (likelihood-ratio) identity turns it into an
+expectation we can sample: grad E[f(tau)] = E[f(tau) grad log p_theta(tau)], and grad log p_theta(tau) =
+sum_t grad log pi(a_t|s_t), as the environment's dynamics do not depend on theta. So: play N whole episodes,
+weight each action's log-probability by how good what followed it was, and climb.
 
 Objective and gradient, with the names used in the code:
     J(theta)   = E_tau[ sum_t gamma^t r_t ]
@@ -14,42 +13,39 @@ Objective and gradient, with the names used in the code:
     grad J     = E[ sum_t gamma^t * grad log pi(a_t|s_t) * A_t ]        (exact for any gamma <= 1)
     g          = 1/N sum_i sum_t grad log pi(a_t^i|s_t^i) * A_t^i       policy_loss() = -that, over N episodes
 Three facts make g a good estimator, and tests/test_reinforce.py proves each one exactly:
-  * returns-to-go: an action cannot change rewards that came before it, so replacing the whole
-    return R(tau) by G_t removes terms whose expectation is zero (same mean, usually lower variance);
-  * baseline: any b_t that does not depend on a_t (given s_t) has E[grad log pi(a_t|s_t) b_t] = 0,
-    so subtracting it changes the variance, not the mean. `--baseline` chooses b_t:
-      none   b_t = 0;
-      mean   b_t = the mean of G_t over the *other* episodes of the batch at the same time step t
-             (leave-one-out). Including the episode itself would make b_t depend on a_t: with whole
-             returns the expectation shrinks to exactly (N-1)/N grad J. Leaving it out keeps g unbiased;
-      value  b_t = V_phi(s_t), a value network regressed on G_t (value_loss()), evaluated before
-             it is updated on this batch, so it never saw these returns.
-  * the discount: the exact gradient of the discounted J carries gamma^t. Like nearly every
-    library, g drops it, because with gamma < 1 it would make late steps count for almost nothing
-    (gamma^300 = 0.05 at gamma = 0.99). g is therefore exactly grad J at gamma = 1, and for gamma < 1
-    it is not the gradient of any function (Nota & Thomas 2020), just a useful direction: gamma then
-    acts as a variance-reduction knob that shortens the credit horizon. To get the exact gradient of
-    the discounted objective, multiply A_t by gamma^t (the tests do, and it matches).
-
-Episodes are Monte Carlo: an episode cut by a time limit contributes the rewards it saw, with no
-bootstrapped tail (a return-to-go sums only observed rewards). For a task scored by its time-limited
-return, like CartPole-v1, that is exactly the objective. Bootstrapping arrives in actor_critic.py.
-Each update is one Adam step on policy_loss, its gradient's norm clipped (a step-size guard that keeps
-the direction). The loss averages over episodes, not steps: dividing by the total number of steps in the batch
-would make the weight of each episode depend on the lengths of the others, which biases g.
-
+  * returns-to-go: an action cannot change the rewards before it, so replacing the whole return R(tau) by G_t
+    removes terms whose expectation is zero (same mean, usually lower variance);
+  * baseline: any b_t that does not depend on a_t (given s_t) has E[grad log pi(a_t|s_t) b_t] = 0, so subtracting
+    it changes the variance, not the mean. `--baseline` chooses b_t:
+      none    b_t = 0;
+      mean    b_t = the mean G_t at time step t over the *other* episodes of the batch (leave-one-out). With the
+              episode itself, b_t would depend on a_t: with whole returns E[g] shrinks to exactly (N-1)/N grad J;
+      moving  b_t = an exponentially weighted moving average, across updates, of the batches' mean G_t at time
+              step t (MovingBaseline): 0 until a batch reaches t, then that batch's mean, then b_t <- decay * b_t
+              + (1 - decay) * mean_t. update() reads b before folding the batch in: earlier batches only;
+      value   b_t = V_phi(s_t), a value network regressed on G_t (value_loss()), evaluated before it is fitted to
+              this batch, so it never saw these returns;
+  * the discount: the exact gradient of the discounted J carries gamma^t. Like nearly every library, g drops it
+    (late steps would count for almost nothing), so g is grad J exactly at gamma = 1, and for gamma < 1 a useful
+    direction that is not the gradient of any function (Nota & Thomas 2020): gamma shortens the credit horizon.
+    Multiplying A_t by gamma^t gives the exact gradient (the tests do, and it matches).
+Episodes are Monte Carlo: an episode cut by a time limit contributes the rewards it saw, with no bootstrapped
+tail. For a task scored by its time-limited return, like CartPole-v1, that is exactly the objective (bootstrapping
+arrives in actor_critic.py). Each update is one Adam step on policy_loss, its gradient's norm clipped. The loss
+averages over episodes, not steps: dividing by the batch's steps would make each episode's weight depend on the
+lengths of the others, which biases g.
 What this script is the first of: the five later scripts keep its shape and command line.
-References: Williams 1992 (REINFORCE); Sutton et al. 2000 (policy gradient theorem);
-Greensmith et al. 2004 (baselines); Kool et al. 2019 (leave-one-out baseline);
-Nota & Thomas 2020 ("Is the policy gradient a gradient?").
+References: Williams 1992 (REINFORCE); Sutton et al. 2000 (policy gradient theorem); Greensmith et al. 2004
+(baselines); Kool et al. 2019 (leave-one-out baseline); Nota & Thomas 2020 ("Is the policy gradient a gradient?").
 Run:  python reinforce.py --help
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import math
+import operator
 import os
 import random
 import signal
@@ -60,68 +56,49 @@ from dataclasses import asdict, dataclass, field, fields
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 
-# ----------------------------------------------------------------------------------------------
-# Hyperparameters
-# ----------------------------------------------------------------------------------------------
-def arg(default, help: str, choices: tuple | None = None):
+# ---- Hyperparameters -------------------------------------------------------------------------------------------------
+def arg(default, help: str, choices=None, above=None, at_least=None, below=None, at_most=None):
     """A hyperparameter: its default, a one-line help for --help, and the values it accepts."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+    bounds = {"above": above, "at_least": at_least, "below": below, "at_most": at_most}
+    return field(default=default, metadata={"help": help, "choices": choices, **bounds})
 
 
 @dataclass
 class Args:
-    env_id: str = arg("CartPole-v1", "Gymnasium id (Box observations; Discrete or Box actions)")
+    env_id: str = arg("CartPole-v1", "Gymnasium id (1-D Box observations; Discrete or 1-D Box actions)")
     seed: int = arg(1, "seeds Python, numpy, torch and the environments")
-    total_timesteps: int = arg(200_000, "training budget in environment steps")
-    learning_rate: float = arg(3e-3, "Adam step size of the policy")
-    episodes_per_batch: int = arg(8, "N: episodes per policy update (played at once)")
-    gamma: float = arg(0.99, "discount factor in [0, 1]")
-    baseline: str = arg("value", "b_t: none | mean (leave-one-out) | value", choices=("none", "mean", "value"))
-    value_learning_rate: float = arg(1e-2, "Adam step size of the value network (--baseline value)")
-    value_iters: int = arg(20, "full-batch value regression steps per update (--baseline value)")
-    hidden_size: int = arg(64, "width of the two hidden layers")
-    max_grad_norm: float = arg(1.0, "clip the policy gradient's global norm (0 = off)")
-    torch_threads: int = arg(1, "CPU threads for torch; networks this small run fastest on one")
-    device: str = arg("auto", "auto | cpu | cuda (auto picks CUDA when available)", choices=("auto", "cpu", "cuda"))
-    run_dir: str = arg(
-        "", "where metrics.csv, episodes.csv and model.pt go (default runs/reinforce__<env>__<seed>__<time>)"
-    )
-    log_interval: int = arg(5, "print a progress line (and save the checkpoint) every this many updates")
-    eval: str = arg("", "path of a model.pt: evaluate it and exit, no training")
-    eval_episodes: int = arg(10, "episodes for --eval (greedy actions: argmax or the Gaussian mean)")
+    total_timesteps: int = arg(200_000, "training budget in environment steps", at_least=1)
+    learning_rate: float = arg(3e-3, "Adam step size of the policy", above=0)
+    episodes_per_batch: int = arg(8, "N: episodes per policy update (played at once)", at_least=1)
+    gamma: float = arg(0.99, "discount factor", at_least=0, at_most=1)
+    baseline: str = arg("value", "b_t: 0, the other episodes' mean, a moving average of earlier batches, or V(s_t)",
+                        choices=("none", "mean", "moving", "value"))  # fmt: skip
+    baseline_decay: float = arg(0.9, "decay of the moving average of --baseline moving", at_least=0, below=1)
+    value_learning_rate: float = arg(1e-2, "Adam step size of the value network (--baseline value)", above=0)
+    value_iters: int = arg(20, "full-batch value regression steps per update (--baseline value)", at_least=1)
+    hidden_size: int = arg(64, "width of the two hidden layers", at_least=1)
+    max_grad_norm: float = arg(1.0, "clip the policy gradient's global norm (0 = off)", at_least=0)
+    torch_threads: int = arg(1, "CPU threads for torch; networks this small run fastest on one", at_least=1)
+    device: str = arg("auto", "auto picks CUDA when available", choices=("auto", "cpu", "cuda"))
+    run_dir: str = arg("", "where metrics.csv, episodes.csv and model.pt go (default: a new dir in runs/)")
+    overwrite: bool = arg(False, "replace the run that --run-dir already holds")
+    log_interval: int = arg(5, "print a progress line and save the checkpoint every this many updates", at_least=1)
+    eval: str = arg("", "path of a model.pt: evaluate it greedily and exit, no training")
+    eval_episodes: int = arg(10, "episodes for --eval", at_least=1)
+
+    def problems(self) -> list[str]:
+        """Constraints between hyperparameters (and torchrun's processes) that no single range expresses."""
+        problems = ["reinforce.py runs as one process: not under torchrun"] if share()[1] > 1 else []
+        if self.baseline == "mean" and self.episodes_per_batch < 2:
+            problems.append("--baseline mean needs --episodes-per-batch >= 2 (each episode's b_t is the others' mean)")
+        return problems
 
 
-def validate(args: Args) -> None:
-    """Raise ValueError with what is wrong and what is accepted."""
-    checks = [
-        (args.total_timesteps > 0, f"--total-timesteps must be > 0 (got {args.total_timesteps})"),
-        (args.learning_rate > 0, f"--learning-rate must be > 0 (got {args.learning_rate})"),
-        (args.value_learning_rate > 0, f"--value-learning-rate must be > 0 (got {args.value_learning_rate})"),
-        (args.episodes_per_batch >= 1, f"--episodes-per-batch must be >= 1 (got {args.episodes_per_batch})"),
-        (0.0 <= args.gamma <= 1.0, f"--gamma must be in [0, 1] (got {args.gamma})"),
-        (args.baseline != "mean" or args.episodes_per_batch >= 2, "--baseline mean needs --episodes-per-batch >= 2"),
-        (args.value_iters >= 1, f"--value-iters must be >= 1 (got {args.value_iters})"),
-        (args.hidden_size >= 1, f"--hidden-size must be >= 1 (got {args.hidden_size})"),
-        (args.max_grad_norm >= 0, f"--max-grad-norm must be >= 0 (got {args.max_grad_norm})"),
-        (args.log_interval >= 1, f"--log-interval must be >= 1 (got {args.log_interval})"),
-        (args.torch_threads >= 1, f"--torch-threads must be >= 1 (got {args.torch_threads})"),
-        (args.eval_episodes >= 1, f"--eval-episodes must be >= 1 (got {args.eval_episodes})"),
-        (
-            args.device != "cuda" or torch.cuda.is_available(),
-            "--device cuda was asked for but CUDA is not available; use cpu or auto",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-
-
-# ----------------------------------------------------------------------------------------------
-# Networks
-# ----------------------------------------------------------------------------------------------
+# ---- Networks -------------------------------------------------------------------------------------------------------
 def mlp(n_in: int, n_out: int, hidden: int, out_gain: float) -> nn.Sequential:
     """Two tanh hidden layers, orthogonal init; a small out_gain starts the policy near uniform."""
     net = nn.Sequential(
@@ -133,50 +110,42 @@ def mlp(n_in: int, n_out: int, hidden: int, out_gain: float) -> nn.Sequential:
     return net
 
 
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log N(action; mean, diag(exp(log_std))^2), summed over action dims. [B, D], [D] or [B, D], [B, D] -> [B]."""
-    z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """Entropy of a diagonal Gaussian, sum_d (1/2 log(2 pi e) + log_std_d). [..., D] -> [...]."""
-    return (0.5 * (1.0 + math.log(2 * math.pi)) + log_std).sum(-1)
-
-
 class Policy(nn.Module):
-    """pi(a|s): Categorical over logits for Discrete actions, diagonal Gaussian (state-independent
-    log-std) for Box actions. Box actions are sampled unbounded and clipped only when sent to the env."""
+    """pi(a|s): Categorical over logits for Discrete actions (an index 0..n-1), diagonal Gaussian with a
+    state-independent log-std for Box actions, sampled unbounded and clipped only when sent to the env."""
 
     def __init__(self, obs_dim: int, action_space: gym.Space, hidden: int):
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        n_out = int(action_space.n) if self.discrete else action_space.shape[0]
         self.net = mlp(obs_dim, n_out, hidden, out_gain=0.01)
         if not self.discrete:
             self.log_std = nn.Parameter(torch.zeros(n_out))
 
-    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]."""
-        out = self.net(obs)
-        if self.discrete:
-            logp = out.log_softmax(-1)
-            return logp.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
-        return gaussian_log_prob(out, self.log_std, action), gaussian_entropy(self.log_std).expand(len(obs))
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
-        """Sample a ~ pi(.|s), or take its mode when greedy. [B, obs_dim] -> [B] or [B, D]."""
+    def dist(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        """pi(.|s) for a batch [B, obs_dim]: batch shape [B], event shape [] (Discrete) or [D] (Box)."""
         out = self.net(obs)
         if not torch.isfinite(out).all():
             raise FloatingPointError("policy output")
         if self.discrete:
-            return out.argmax(-1) if greedy else torch.multinomial(out.softmax(-1), 1).squeeze(-1)
-        return out if greedy else out + torch.exp(self.log_std) * torch.randn_like(out)
+            return torch.distributions.Categorical(logits=out, validate_args=False)
+        normal = torch.distributions.Normal(out, self.log_std.exp(), validate_args=False)
+        return torch.distributions.Independent(normal, 1, validate_args=False)
+
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]."""
+        dist = self.dist(obs)
+        return dist.log_prob(action), dist.entropy()
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Sample a ~ pi(.|s), or take its mode when greedy. [B, obs_dim] -> [B] or [B, D]."""
+        dist = self.dist(obs)
+        return dist.mode if greedy else dist.sample()
 
 
 class ValueNet(nn.Module):
-    """V_phi(s): [B, obs_dim] -> [B]."""
+    """V_phi(s): [..., obs_dim] -> [...]."""
 
     def __init__(self, obs_dim: int, hidden: int):
         super().__init__()
@@ -186,138 +155,141 @@ class ValueNet(nn.Module):
         return self.net(obs).squeeze(-1)
 
 
-# ----------------------------------------------------------------------------------------------
-# The estimator: pure functions on tensors
-# ----------------------------------------------------------------------------------------------
+# ---- The estimator: pure functions on tensors -----------------------------------------------------------------------
 def returns_to_go(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> torch.Tensor:
     """G_t = r_t + gamma * G_{t+1}, restarting at every episode end; no bootstrap past an end.
 
-    rewards, dones: [T], a batch of whole episodes laid end to end, dones[t] = 1 at the last step of
-    an episode (terminated or cut by a time limit alike). Returns G: [T].
+    rewards, dones (float or bool): [T], whole episodes laid end to end, or [T, N], N envs side by side; dones[t]
+    true at the last step of an episode (terminated or cut by a time limit alike). Returns G, shaped as rewards,
+    on its device. Instead of T sequential steps, log2(T) whole-tensor passes: after the pass with span s, G_t
+    sums the rewards of steps t .. t + 2s - 1, each discounted to t, and reach_t is the discount by which
+    G_{t + 2s} would join it (0 past the episode's end).
     """
-    r, d = rewards.tolist(), dones.tolist()  # a loop over Python floats: much faster than over tensor elements
-    G, running = [0.0] * len(r), 0.0
-    for t in reversed(range(len(r))):
-        running = r[t] + gamma * running * (1.0 - d[t])
-        G[t] = running
-    return torch.tensor(G, dtype=rewards.dtype, device=rewards.device)
+    G, reach = rewards.clone(), gamma * (1.0 - dones.to(rewards.dtype))
+    span = 1
+    while span < len(G):
+        G[:-span] = G[:-span] + reach[:-span] * G[span:]
+        reach[:-span] = reach[:-span] * reach[span:]
+        span *= 2
+    return G
+
+
+def per_step_sums(returns: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each time step t = 0 .. max(timesteps): the sum of the returns-to-go at t, and how many episodes
+    reached t. returns: [T], timesteps: [T] long, step index within its episode. Returns two [max + 1]."""
+    zeros = returns.new_zeros(int(timesteps.max()) + 1)
+    return zeros.index_add(0, timesteps, returns), zeros.index_add(0, timesteps, torch.ones_like(returns))
 
 
 def leave_one_out_baseline(returns: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """b_t for each step: the mean return-to-go at the same time step t over the *other* episodes
-    of the batch that reached t (0 where none did). It is independent of the episode's own actions.
-
-    returns: [T] returns-to-go of a batch of episodes; timesteps: [T] long, step index within its
-    episode (each episode holds each t at most once). Returns b: [T].
-    """
-    n_t = int(timesteps.max()) + 1
-    total = torch.zeros(n_t, dtype=returns.dtype, device=returns.device).index_add_(0, timesteps, returns)
-    count = torch.zeros(n_t, dtype=returns.dtype, device=returns.device).index_add_(
-        0, timesteps, torch.ones_like(returns)
-    )
+    """b_t for each step: the mean return-to-go at the same time step t over the *other* episodes of the batch
+    that reached t (0 where none did), independent of the episode's own actions. returns: [T] returns-to-go
+    of a batch of episodes; timesteps: [T] long (each episode holds each t at most once). Returns b: [T]."""
+    total, count = per_step_sums(returns, timesteps)
     others = count[timesteps] - 1
     return torch.where(others > 0, (total[timesteps] - returns) / others.clamp(min=1), torch.zeros_like(returns))
 
 
+class MovingBaseline(nn.Module):
+    """b_t: per time step t, an exponentially weighted moving average across updates of the batches' mean
+    return-to-go at t; 0 at time steps no batch has reached. Read it (forward), then fold_in() the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("averages", torch.zeros(0))  # one per time step reached so far: t = 0 .. L-1
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """timesteps: [T] long -> b: [T]."""
+        unseen = self.averages.new_zeros(max(0, int(timesteps.max()) + 1 - len(self.averages)))
+        return torch.cat([self.averages, unseen])[timesteps]
+
+    @torch.no_grad()
+    def fold_in(self, returns: torch.Tensor, timesteps: torch.Tensor, decay: float) -> None:
+        """b_t <- decay * b_t + (1 - decay) * mean_t at the time steps the batch reached (mean_t itself where b_t
+        was unseen); the time steps it did not reach keep their average. returns, timesteps: [T]."""
+        total, count = per_step_sums(returns.to(self.averages.dtype), timesteps)
+        means, seen = total / count, min(len(total), len(self.averages))
+        means[:seen] = decay * self.averages[:seen] + (1 - decay) * means[:seen]
+        self.averages = torch.cat([means, self.averages[len(means) :]])
+
+
 def policy_loss(log_probs: torch.Tensor, advantages: torch.Tensor, num_episodes: int) -> torch.Tensor:
     """-(1/N) sum_i sum_t log pi(a_t|s_t) * A_t, whose gradient is -g (advantages are constants).
-
-    log_probs: [T] with grad; advantages: [T] (detached here); num_episodes: N, the episodes in the batch.
-    """
+    log_probs: [T] with grad; advantages: [T] (detached here); num_episodes: N, the episodes in the batch."""
     return -(log_probs * advantages.detach()).sum() / num_episodes
 
 
 def value_loss(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-    """Mean squared error 1/2 mean_t (V(s_t) - G_t)^2. [T], [T] -> scalar."""
+    """Mean squared error 1/2 mean_t (V(s_t) - G_t)^2, the target G_t held fixed. [T], [T] -> scalar."""
     return 0.5 * (values - returns.detach()).pow(2).mean()
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
-    """1 - Var[G - V] / Var[G]: 1 is a perfect critic, 0 no better than a constant, < 0 worse."""
+    """1 - Var[G - b] / Var[G]: 1 is a perfect baseline (or critic), 0 no better than a constant, < 0 worse."""
     var = returns.var(unbiased=False)
     return float("nan") if var == 0 else float(1 - (returns - values).var(unbiased=False) / var)
 
 
-# ----------------------------------------------------------------------------------------------
-# Rollout: N whole episodes, played at once
-# ----------------------------------------------------------------------------------------------
-class EnvironmentNotFinite(FloatingPointError):
-    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
-
-
-def check_finite(obs, reward: float, steps_so_far: int) -> None:
-    """Raise EnvironmentNotFinite, naming which, unless the observation(s) and the reward are finite."""
-    if not np.isfinite(obs).all():
-        raise EnvironmentNotFinite("observation", steps_so_far)
-    if not math.isfinite(reward):  # a scalar: math is ~30x faster than numpy here, and this runs every step
-        raise EnvironmentNotFinite("reward", steps_so_far)
+# ---- Rollout: N whole episodes, played at once ----------------------------------------------------------------------
+def env_action(actions: np.ndarray, space: gym.Space) -> np.ndarray:
+    """The policy's actions as the env takes them: Discrete(n, start) gets start + index, a Box the clipped sample."""
+    if isinstance(space, gym.spaces.Discrete):
+        return actions + int(space.start)
+    return np.clip(actions, space.low, space.high)
 
 
 def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episode_end) -> dict[str, torch.Tensor]:
     """Play one episode in each env, batching the policy over the episodes still running.
 
-    Returns the episodes laid end to end (episode 0's steps, then episode 1's, ...):
-    obs [T, obs_dim], actions [T] or [T, D], rewards [T], dones [T] (1 at each episode's last step),
-    timesteps [T] (index within the episode). As each episode ends, on_episode_end(episode_return, length,
-    steps_so_far) is called, steps_so_far counting the steps of all envs in this rollout up to that moment.
-    Every observation and reward is checked as it arrives: a NaN or an infinity raises EnvironmentNotFinite.
+    Returns the episodes laid end to end (episode 0's steps, then episode 1's, ...): obs [T, obs_dim], actions
+    [T] or [T, D], rewards [T], dones [T] (1 at each episode's last step), timesteps [T] (index within the
+    episode). Calls on_episode_end(episode_return, length, steps_so_far) as each episode ends, steps_so_far
+    counting the steps of all envs in this rollout. A NaN or infinite observation or reward raises
+    EnvironmentNotFinite.
     """
-    steps = [{"obs": [], "actions": [], "rewards": []} for _ in envs]
-    obs = [env.reset()[0] for env in envs]
-    running = list(range(len(envs)))
-    steps_so_far = 0
-    check_finite(obs, 0.0, steps_so_far)  # reset() returns no reward
+    steps = [{"obs": [], "actions": [], "rewards": [], "dones": [], "timesteps": []} for _ in envs]
+    obs = [env.reset()[0] for env in envs]  # each env continues its own seeded generator
+    check_finite(obs, 0.0, 0)  # reset() returns no reward
+    running, steps_so_far = list(range(len(envs))), 0
     while running:
-        batch_obs = torch.as_tensor(np.stack([obs[i] for i in running]), dtype=torch.float32, device=device)
-        actions = policy.act(batch_obs).cpu().numpy()
+        actions = policy.act(torch.as_tensor(np.stack([obs[i] for i in running]), dtype=torch.float32, device=device))
         still_running = []
-        for i, action in zip(running, actions, strict=True):
-            env_action = (
-                action if policy.discrete else np.clip(action, envs[i].action_space.low, envs[i].action_space.high)
-            )
-            next_obs, reward, terminated, truncated, _ = envs[i].step(env_action)
+        for i, action in zip(running, actions.cpu().numpy(), strict=True):
+            next_obs, reward, terminated, truncated, _ = envs[i].step(env_action(action, envs[i].action_space))
             steps_so_far += 1
             check_finite(next_obs, reward, steps_so_far)
-            steps[i]["obs"].append(obs[i])
-            steps[i]["actions"].append(action)
-            steps[i]["rewards"].append(float(reward))
+            done, t = terminated or truncated, len(steps[i]["rewards"])
+            for key, value in zip(steps[i], (obs[i], action, float(reward), done, t), strict=True):
+                steps[i][key].append(value)
             obs[i] = next_obs
-            if terminated or truncated:
+            if done:
                 on_episode_end(sum(steps[i]["rewards"]), len(steps[i]["rewards"]), steps_so_far)
             else:
                 still_running.append(i)
         running = still_running
-
-    lengths = [len(s["rewards"]) for s in steps]
-    dones = np.concatenate([np.arange(n) == n - 1 for n in lengths])
-    return {
-        "obs": torch.as_tensor(np.concatenate([np.stack(s["obs"]) for s in steps]), dtype=torch.float32, device=device),
-        "actions": torch.as_tensor(np.concatenate([np.stack(s["actions"]) for s in steps]), device=device),
-        "rewards": torch.as_tensor(np.concatenate([s["rewards"] for s in steps]), dtype=torch.float32, device=device),
-        "dones": torch.as_tensor(dones, dtype=torch.float32, device=device),
-        "timesteps": torch.as_tensor(np.concatenate([np.arange(n) for n in lengths]), device=device),
-    }
+    batch = {k: torch.as_tensor(np.concatenate([np.stack(s[k]) for s in steps]), device=device) for k in steps[0]}
+    for k in ("obs", "rewards", "dones"):
+        batch[k] = batch[k].float()
+    return batch
 
 
-# ----------------------------------------------------------------------------------------------
-# Update
-# ----------------------------------------------------------------------------------------------
-def update(policy, value_net, optimizer, value_optimizer, batch, args: Args) -> dict[str, float]:
-    """One policy-gradient step on a batch of N episodes; then (baseline value) fit V to G."""
+# ---- Update ---------------------------------------------------------------------------------------------------------
+def update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch, args: Args) -> dict[str, float]:
+    """One policy-gradient step on a batch of N episodes; then fit V to G (--baseline value), or fold G into the
+    moving average (--baseline moving). value_net, value_optimizer, moving_baseline: None when not in use."""
     G = returns_to_go(batch["rewards"], batch["dones"], args.gamma)
-    stats = {"value_loss": float("nan"), "explained_variance": float("nan")}
     if args.baseline == "none":
         baseline = torch.zeros_like(G)
     elif args.baseline == "mean":
         baseline = leave_one_out_baseline(G, batch["timesteps"])
+    elif args.baseline == "moving":
+        baseline = moving_baseline(batch["timesteps"])  # earlier batches only: b_t independent of a_t
+        moving_baseline.fold_in(G, batch["timesteps"], args.baseline_decay)
     else:
         with torch.no_grad():
             baseline = value_net(batch["obs"])  # V before it sees these returns: b_t independent of a_t
-        stats["explained_variance"] = explained_variance(baseline, G)
-    advantages = G - baseline
-
     log_probs, entropy = policy.log_prob_entropy(batch["obs"], batch["actions"])
-    loss = policy_loss(log_probs, advantages, num_episodes=args.episodes_per_batch)
+    loss = policy_loss(log_probs, G - baseline, num_episodes=args.episodes_per_batch)
     if not torch.isfinite(loss):
         raise FloatingPointError("policy loss")
     optimizer.zero_grad()
@@ -325,269 +297,333 @@ def update(policy, value_net, optimizer, value_optimizer, batch, args: Args) -> 
     if args.max_grad_norm > 0:
         nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
     optimizer.step()
-
-    if args.baseline == "value":
-        for _ in range(args.value_iters):
-            v_loss = value_loss(value_net(batch["obs"]), G)
-            value_optimizer.zero_grad()
-            v_loss.backward()
-            value_optimizer.step()
-        stats["value_loss"] = v_loss.item()
+    v_loss = torch.tensor(float("nan"))
+    for _ in range(args.value_iters if args.baseline == "value" else 0):
+        v_loss = value_loss(value_net(batch["obs"]), G)
+        value_optimizer.zero_grad()
+        v_loss.backward()
+        value_optimizer.step()
     for net in (policy, value_net):
         if net is not None and not all(torch.isfinite(p).all() for p in net.parameters()):
             raise FloatingPointError(f"{type(net).__name__} parameters")
-    stats.update(policy_loss=loss.item(), entropy=entropy.mean().item())
-    return stats
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints and environments
-# ----------------------------------------------------------------------------------------------
-def make_env(env_id: str) -> gym.Env:
-    """gym.make, with the spaces this script supports checked; raises ValueError otherwise."""
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as e:
-        raise ValueError(f"cannot make environment '{env_id}': {str(e).splitlines()[0]}") from None
-    if not isinstance(env.observation_space, gym.spaces.Box):
-        raise ValueError(f"{env_id}: observation space {env.observation_space} is not supported (Box only)")
-    space = env.action_space
-    if not (isinstance(space, gym.spaces.Discrete) or (isinstance(space, gym.spaces.Box) and len(space.shape) == 1)):
-        raise ValueError(f"{env_id}: action space {space} is not supported (Discrete, or a 1-D Box)")
-    return env
-
-
-def space_spec(env: gym.Env) -> dict:
-    """What a checkpoint needs to rebuild the policy, and to check it matches an environment."""
-    a = env.action_space
-    action = {"n": int(a.n)} if isinstance(a, gym.spaces.Discrete) else {"low": a.low.tolist(), "high": a.high.tolist()}
-    return {"obs_shape": list(env.observation_space.shape), "action": action}
-
-
-def save_checkpoint(path: str, policy: Policy, value_net, args: Args, spaces: dict, global_step: int) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    state = {
-        "algo": "reinforce",
-        "args": asdict(args),
-        "spaces": spaces,
-        "global_step": global_step,
-        "policy": policy.state_dict(),
-        "value": value_net.state_dict() if value_net is not None else None,
+    return {
+        "policy_loss": loss.item(),
+        "value_loss": v_loss.item(),
+        "entropy": entropy.mean().item(),
+        "explained_variance": explained_variance(baseline, G) if args.baseline != "none" else float("nan"),
     }
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
-def load_checkpoint(path: str) -> dict:
-    """Raise ValueError when the file is missing, unreadable or not a reinforce.py checkpoint."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-    if not isinstance(state, dict) or state.get("algo") != "reinforce":
-        raise ValueError(f"{path} is not a reinforce.py checkpoint")
-    return state
-
-
-# ----------------------------------------------------------------------------------------------
-# Training loop
-# ----------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, `timeout`, `docker stop`), raised wherever training is, and handled like Ctrl-C."""
-
-
-def raise_terminated(signum, frame):
-    raise Terminated
-
-
+# ---- Training loop --------------------------------------------------------------------------------------------------
 def train(args: Args) -> dict[str, float]:
-    """Train, writing metrics.csv (a row per update), episodes.csv (a row per episode) and model.pt."""
-    start = time.time()
-    seed_everything(args.seed)
-    torch.set_num_threads(args.torch_threads)
-    device = resolve_device(args.device)
+    """The RL loop: play N whole episodes, take one step on the policy and fit the baseline, log; until the budget
+    is spent."""
+    device = setup(args)  # seeds, torch threads, the device
     envs = [make_env(args.env_id) for _ in range(args.episodes_per_batch)]
     for i, env in enumerate(envs):
         env.reset(seed=args.seed + i)  # later resets continue each env's own seeded generator
-    spaces = space_spec(envs[0])
-    obs_dim = int(np.prod(envs[0].observation_space.shape))
+    obs_dim = envs[0].observation_space.shape[0]
     policy = Policy(obs_dim, envs[0].action_space, args.hidden_size).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
-    value_net = value_optimizer = None
+    value_net = value_optimizer = moving_baseline = None
     if args.baseline == "value":
         value_net = ValueNet(obs_dim, args.hidden_size).to(device)
         value_optimizer = torch.optim.Adam(value_net.parameters(), lr=args.value_learning_rate)
+    elif args.baseline == "moving":
+        moving_baseline = MovingBaseline().to(device)
 
-    run_dir = args.run_dir or f"runs/reinforce__{args.env_id}__{args.seed}__{int(start)}"
-    model_path = os.path.join(run_dir, "model.pt")
-    columns = ["global_step", "wall_time", "sps", "episodic_return", "episode_length",
-               "policy_loss", "value_loss", "entropy", "explained_variance"]  # fmt: skip
-    try:  # a run directory that cannot be created or written is bad input, found before training starts
-        os.makedirs(run_dir, exist_ok=True)
-        metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
-        episodes_file = open(os.path.join(run_dir, "episodes.csv"), "w", newline="")
-    except OSError as e:
-        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror or e}") from None
-    metrics, episodes = csv.writer(metrics_file), csv.writer(episodes_file)
-    metrics.writerow(columns)
-    episodes.writerow(["global_step", "wall_time", "return", "length"])
-    print(f"reinforce on {args.env_id} | device {device} | baseline {args.baseline} | run dir {run_dir}")
+    def checkpoint() -> dict:  # what model.pt holds besides the args, the spaces and the step
+        return {"policy": policy.state_dict(), "value": value_net.state_dict() if value_net else None}
 
-    global_step, update_idx, recent, saved = 0, 0, [], False
+    with Run(args, envs[0], checkpoint) as run:
+        while run.global_step < args.total_timesteps:
+            batch = rollout(envs, policy, device, run.on_episode_end)
+            stats = update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch, args)
+            run.log(len(batch["rewards"]), stats)
+    for env in envs:
+        env.close()
+    return run.summary
 
-    def on_episode_end(episode_return: float, length: int, steps_so_far: int) -> None:
-        episodes.writerow([global_step + steps_so_far, f"{time.time() - start:.3f}", episode_return, length])
-        recent.append(episode_return)
 
-    previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)  # restored when train() returns
+# ---- everything below is plumbing, not reinforcement learning -------------------------------------------------------
+# setup() seeds and picks the device; make_env() checks an env's spaces; Run writes a training run (its directory,
+# metrics.csv, episodes.csv, model.pt, progress lines) and handles Ctrl-C, SIGTERM and non-finite numbers;
+# load_checkpoint() and evaluate() serve --eval; validate() and main() the command line. Every error a user can
+# cause is a ValueError, which main() prints as one line before exiting with status 2.
+ALGO = "reinforce"
+
+
+def setup(args: Args) -> torch.device:
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)  # alike on every process: the networks start identical
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = share()
+    if world > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
+    return device
+
+
+def share() -> tuple[int, int]:
+    """(rank, number of processes), as torchrun sets them; (0, 1) for a plain `python script.py`."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def all_mean(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor in place over the processes, whose batches together are the one batch of one process."""
+    if dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+            tensor /= dist.get_world_size()
+
+
+def make_env(env_id: str) -> gym.Env:
     try:
-        while global_step < args.total_timesteps:
-            t0 = time.time()
-            try:
-                batch = rollout(envs, policy, device, on_episode_end)
-                global_step += len(batch["rewards"])
-                stats = update(policy, value_net, optimizer, value_optimizer, batch, args)
-            except FloatingPointError as e:  # keep the last checkpoint, which was saved with finite weights
-                if isinstance(e, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
-                    what, steps_so_far = e.args
-                    cause = f"the environment returned a non-finite {what} at global step {global_step + steps_so_far}"
-                else:
-                    cause = f"non-finite {e} at global step {global_step}"
-                kept = f"the last good checkpoint is {model_path}" if saved else "no checkpoint was saved before it"
-                print(f"stopped: {cause}; {kept}", file=sys.stderr)
+        env = gym.make(env_id)
+    except Exception as e:  # an unknown id, a module that does not import, an entry point that fails
+        raise ValueError(f"cannot make environment '{env_id}': {(str(e) or repr(e)).splitlines()[0]}") from None
+    obs, act = env.observation_space, env.action_space
+    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
+        raise ValueError(f"{env_id}: observation space {obs} is not supported (a 1-D Box only)")
+    if not (isinstance(act, gym.spaces.Discrete) or (isinstance(act, gym.spaces.Box) and len(act.shape) == 1)):
+        raise ValueError(f"{env_id}: action space {act} is not supported (Discrete, or a 1-D Box)")
+    return env
+
+
+class EnvironmentNotFinite(FloatingPointError):
+    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
+
+
+def check_finite(obs, reward, steps_so_far: int) -> None:
+    for what, value in (("observation", obs), ("reward", reward)):
+        if not np.isfinite(value).all():
+            raise EnvironmentNotFinite(what, steps_so_far)
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt(signum)  # Ctrl-C (SIGINT), or SIGTERM from a scheduler, `timeout`, `docker stop`
+
+
+def mean(values: list) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+class Run:
+    """`with Run(args, env, checkpoint) as run:` around the training loop. run.on_episode_end(...): a row of
+    episodes.csv; run.log(steps, stats): a row of metrics.csv per update, and every --log-interval updates (and at
+    the end) model.pt, {algo, args, env spaces, global_step} and the dict checkpoint() returns, and a progress line.
+    Ctrl-C or SIGTERM: save, exit 130 or 143. A FloatingPointError: exit 1, keeping the last good checkpoint."""
+
+    def __init__(self, args: Args, env: gym.Env, checkpoint):
+        self.args, self.spaces, self.checkpoint = args, [str(env.observation_space), str(env.action_space)], checkpoint
+        self.global_step, self.updates, self.saved, self.returns, self.lengths, self.logged = 0, 0, False, [], [], 0
+
+    def __enter__(self) -> Run:
+        rank, self.world = share()
+        if self.world > 1:  # the networks were built alike on every process; from here each samples its own actions
+            torch.manual_seed(self.args.seed + rank)
+        self.dir = self.model_path = ""
+        self.metrics, self.episodes = open(os.devnull, "w"), open(os.devnull, "w")
+        if rank == 0:  # rank 0 alone writes the run directory
+            self.open_run_dir()
+        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
+        self.start = self.last = time.time()
+        return self
+
+    def open_run_dir(self) -> None:
+        self.dir = self.args.run_dir
+        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
+        if held and not self.args.overwrite:
+            raise ValueError(f"--run-dir {self.dir} already holds a run ({held[0]}); add --overwrite to replace it")
+        try:
+            if not self.dir:  # runs/<algo>__<env>__<seed>__<time>, or _2, _3, ... after it if a run took that name
+                env = "".join(c if c.isalnum() or c in "-_." else "-" for c in self.args.env_id)
+                base = os.path.join("runs", f"{ALGO}__{env}__{self.args.seed}__{int(time.time())}")
+                os.makedirs("runs", exist_ok=True)
+                for self.dir in (base, *(f"{base}_{k}" for k in range(2, 100))):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(self.dir)  # atomic: of two runs started at once, one gets the name
+                        break
+            os.makedirs(self.dir, exist_ok=True)
+            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
+            self.episodes = open(os.path.join(self.dir, "episodes.csv"), "w")
+        except OSError as e:
+            raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
+        print("global_step,wall_time,return,length", file=self.episodes, flush=True)
+        self.model_path = os.path.join(self.dir, "model.pt")
+        print(f"{ALGO} on {self.args.env_id} | {self.world} process(es) | run dir {self.dir}")
+
+    def on_episode_end(self, episode_return: float, length: int, steps_so_far: int) -> None:
+        now = round(time.time() - self.start, 3)
+        print(
+            self.global_step + steps_so_far * self.world,
+            now,
+            episode_return,
+            length,
+            sep=",",
+            file=self.episodes,
+            flush=True,
+        )
+        self.returns.append(episode_return)
+        self.lengths.append(length)
+
+    def log(self, steps: int, stats: dict[str, float]) -> None:
+        now, ended = time.time(), slice(self.logged, len(self.returns))  # the episodes that ended since the last row
+        steps *= self.world  # every process took as many
+        self.global_step, self.updates, self.logged = self.global_step + steps, self.updates + 1, len(self.returns)
+        row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
+               "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
+               "episode_length": mean(self.lengths[ended]), **stats}  # fmt: skip
+        if self.updates == 1:
+            print(*row, sep=",", file=self.metrics)  # the header
+        print(*row.values(), sep=",", file=self.metrics, flush=True)
+        self.last = now
+        if self.updates % self.args.log_interval == 0 or self.global_step >= self.args.total_timesteps:
+            self.save()
+            numbers = " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("global_step", "wall_time"))
+            print(f"step {self.global_step:>8} | return(last 20) {mean(self.returns[-20:]):8.2f} | {numbers}")
+
+    def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
+        if not self.model_path:  # a process other than rank 0
+            return
+        state = {"algo": ALGO, "args": asdict(self.args), "spaces": self.spaces, "global_step": self.global_step}
+        tmp = f"{self.model_path}.{os.getpid()}.tmp"
+        try:
+            torch.save({**state, **self.checkpoint()}, tmp)
+            os.replace(tmp, self.model_path)
+            self.saved = True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)  # there only if the save was interrupted
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.metrics.close()
+        self.episodes.close()
+        signals = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}  # no 2nd Ctrl-C now
+        try:
+            if isinstance(error, KeyboardInterrupt):  # main() then exits 128 + the signal's number: 130 or 143
+                self.save()
+                print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
+            elif isinstance(error, FloatingPointError):
+                cause, at = f"non-finite {error.args[0]}", self.global_step
+                if isinstance(error, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
+                    cause, at = f"the environment returned a {cause}", at + error.args[1]
+                kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
+                print(f"stopped: {cause} at global step {at}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
-            episodes_file.flush()
-            batch_returns = recent[-args.episodes_per_batch :]
-            update_idx += 1
-            row = {
-                "global_step": global_step,
-                "wall_time": round(time.time() - start, 3),
-                "sps": round(len(batch["rewards"]) / (time.time() - t0)),
-                "episodic_return": float(np.mean(batch_returns)),
-                "episode_length": len(batch["rewards"]) / args.episodes_per_batch,
-                **stats,
-            }
-            metrics.writerow([row[c] for c in columns])
-            metrics_file.flush()
-            if update_idx % args.log_interval == 0 or global_step >= args.total_timesteps:
-                save_checkpoint(model_path, policy, value_net, args, spaces, global_step)
-                saved = True
-                print(
-                    f"step {global_step:>8} | return(last 20) {np.mean(recent[-20:]):8.2f} | sps {row['sps']:>6} | "
-                    f"pi_loss {stats['policy_loss']:9.3f} | v_loss {stats['value_loss']:8.3f} | "
-                    f"entropy {stats['entropy']:6.3f} | expl_var {stats['explained_variance']:6.3f}"
-                )
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Terminated
-        save_checkpoint(model_path, policy, value_net, args, spaces, global_step)
-        print(f"\ninterrupted at global step {global_step}; checkpoint and metrics saved in {run_dir}", file=sys.stderr)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
-        metrics_file.close()
-        episodes_file.close()
-        for env in envs:
-            env.close()
-
-    summary = {
-        "global_step": global_step,
-        "episodes": len(recent),
-        "mean_return_last_20": float(np.mean(recent[-20:])),
-        "seconds": time.time() - start,
-    }
-    print(
-        f"done: {summary['global_step']} steps, {summary['episodes']} episodes in {summary['seconds']:.1f} s; "
-        f"mean return of the last 20 episodes {summary['mean_return_last_20']:.2f}; files in {run_dir}"
-    )
-    return summary
+            elif error is None:
+                seconds, last_20 = time.time() - self.start, mean(self.returns[-20:])
+                self.summary = {"global_step": self.global_step, "episodes": len(self.returns), "seconds": seconds}
+                print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {seconds:.1f} s; mean return "
+                      f"of the last 20 episodes {last_20:.2f}; files in {self.dir}")  # fmt: skip
+        finally:
+            signal.signal(signal.SIGINT, signals[signal.SIGINT])
+            signal.signal(signal.SIGTERM, self.previous_sigterm)
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
-def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto") -> tuple[float, float]:
-    """Run a saved policy greedily for `episodes` episodes on the env it was trained on; return (mean, std)."""
+def load_checkpoint(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: a file runs no code
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint not found: {path}") from None
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
+    if not isinstance(state, dict) or state.get("algo") != ALGO:
+        raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
+    names, parts = {f.name for f in fields(Args)}, ("args", "spaces", "global_step", "policy")
+    if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
+        raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
+    try:
+        validate(Args(**state["args"]))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
+    if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
+        raise ValueError(f"{path} holds non-finite weights")
+    return state
+
+
+def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple:
+    """Greedy episodes of a saved policy on env_id (default: its own env; another must have the same spaces):
+    (mean, std) of the returns, and the env's id."""
     state = load_checkpoint(path)
-    env = make_env(state["args"]["env_id"])
-    if space_spec(env) != state["spaces"]:
-        raise ValueError(f"{path} was trained on spaces {state['spaces']}, which do not match {env.spec.id} here")
-    device = resolve_device(device_name)
-    obs_dim = int(np.prod(env.observation_space.shape))
-    policy = Policy(obs_dim, env.action_space, state["args"]["hidden_size"]).to(device)
+    args = Args(**{**state["args"], "seed": seed, "device": device_name})
+    env = make_env(env_id or args.env_id)
+    if [str(env.observation_space), str(env.action_space)] != state["spaces"]:
+        raise ValueError(f"--env-id {env_id} has other spaces than {path} was trained on: {state['spaces']}")
+    device = setup(args)
+    policy = Policy(env.observation_space.shape[0], env.action_space, args.hidden_size).to(device)
     try:
         policy.load_state_dict(state["policy"])
     except RuntimeError:
         raise ValueError(f"{path}: the weights do not fit the network its args describe") from None
     returns, steps = [], 0
     for k in range(episodes):
-        obs, _ = env.reset(seed=seed + k)
+        (obs, _), done, total = env.reset(seed=seed + k), False, 0.0
         check_finite(obs, 0.0, steps)
-        done, total = False, 0.0
         while not done:
-            action = (
-                policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device)[None], greedy=True)[0].cpu().numpy()
-            )
-            if not policy.discrete:
-                action = np.clip(action, env.action_space.low, env.action_space.high)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            steps += 1
+            action = policy.act(torch.as_tensor(obs[None], dtype=torch.float32, device=device), greedy=True)
+            obs, reward, terminated, truncated, _ = env.step(env_action(action[0].cpu().numpy(), env.action_space))
+            steps, total, done = steps + 1, total + float(reward), terminated or truncated
             check_finite(obs, reward, steps)  # the environment's fault, named as in training
-            total += float(reward)
-            done = terminated or truncated
         returns.append(total)
-    env.close()
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), env_id or args.env_id
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
+def validate(args: Args) -> None:
+    bounds = {"above": (operator.gt, ">"), "at_least": (operator.ge, ">="), "below": (operator.lt, "<"),
+              "at_most": (operator.le, "<=")}  # fmt: skip
+    for f in fields(args):
+        flag, value = "--" + f.name.replace("_", "-"), getattr(args, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number (got {value})")
+        for bound, (holds, words) in bounds.items():
+            if f.metadata[bound] is not None and not holds(value, f.metadata[bound]):
+                raise ValueError(f"{flag} must be {words} {f.metadata[bound]} (got {value})")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use cpu or auto")
+    for problem in args.problems():
+        raise ValueError(problem)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit status 2, not argparse's usage dump
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_args(argv=None) -> Args:
-    parser = Parser(
-        prog="reinforce.py", description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = Parser(prog=f"{ALGO}.py", description=__doc__.split("\n")[0], allow_abbrev=False,
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     for f in fields(Args):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                            choices=f.metadata["choices"], help=f.metadata["help"])  # fmt: skip
-    return Args(**vars(parser.parse_args(argv)))
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
+        parser.add_argument("--" + f.name.replace("_", "-"), **kind, default=f.default, choices=f.metadata["choices"],
+                            help=f.metadata["help"])  # fmt: skip
+    args = Args(**vars(parser.parse_args(argv)))
     try:
         validate(args)
-        if args.eval:
-            mean, std = evaluate(args.eval, args.eval_episodes, args.seed, args.device)
-            print(f"eval {args.eval}: mean return {mean:.2f} +- {std:.2f} over {args.eval_episodes} episodes")
+        if args.eval:  # on the checkpoint's env, unless --env-id names another one with the same spaces
+            env_id = args.env_id if any(a.split("=")[0] == "--env-id" for a in argv) else ""
+            mean_return, std, env_id = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
+            print(
+                f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f} ({args.eval_episodes} ep.)"
+            )
         else:
             train(args)
     except ValueError as e:
-        print(f"reinforce.py: error: {e}", file=sys.stderr)
+        print(f"{ALGO}.py: error: {e}", file=sys.stderr)
         return 2
     except EnvironmentNotFinite as e:  # in --eval (training reports its own, exits 1 and keeps its checkpoint)
-        what, steps = e.args
-        cause = f"the environment returned a non-finite {what} at evaluation step {steps}"
-        print(f"reinforce.py: {cause}", file=sys.stderr)
+        print(f"{ALGO}.py: the environment returned a non-finite {e.args[0]} at evaluation step {e.args[1]}",
+              file=sys.stderr)  # fmt: skip
         return 1
-    except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
-        return 143 if isinstance(e, Terminated) else 130
+    except KeyboardInterrupt as e:  # a run's checkpoint and metrics are saved already
+        return 128 + (e.args[0] if e.args else signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0
 
 

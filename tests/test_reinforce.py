@@ -2,9 +2,10 @@
 
 The gradient tests use the recipe of tests/exact.py: grad J by finite differences of the exactly
 enumerated objective, against the exact expectation of the gradient of reinforce.py's own
-policy_loss, with advantages built by its own returns_to_go and leave_one_out_baseline.
+policy_loss, with advantages built by its own returns_to_go, leave_one_out_baseline and MovingBaseline.
 """
 
+import copy
 import dataclasses
 import math
 
@@ -93,7 +94,7 @@ def test_whole_return_needs_no_gamma_t_factor():
 
 
 # ----------------------------------------------------------------------------------------------
-# b. Batch-mean baselines
+# b. Baselines: the batch mean (with and without the episode itself) and a moving average of earlier batches
 # ----------------------------------------------------------------------------------------------
 def batch_estimator_mean(mdp, theta, n, advantages_of_batch):
     """-E[grad policy_loss] over every batch of n independent episodes."""
@@ -134,6 +135,58 @@ def test_script_leave_one_out_baseline_is_unbiased(n):
     theta = THETA if n == 2 else torch.tensor([[0.3, -0.2, 0.1]], dtype=F64)
     got = batch_estimator_mean(mdp, theta, n, lambda G, t, d: G - reinforce.leave_one_out_baseline(G, t))
     assert_close(got, true_grad(mdp, theta, 1.0))
+
+
+# A moving baseline built from earlier batches: sampled trajectories of MDP as if from earlier updates (lengths 1 to
+# 3, the last batch reaching t = 0 and 1 only), folded in with DECAY. It holds b_0, b_1, b_2 (none of them zero).
+DECAY = 0.5
+EARLIER_BATCHES = [(0, 7, 20), (3, 11)]
+
+
+def moving_baseline_from_earlier_batches():
+    trajectories = [tau for tau, _ in MDP.trajectories(torch.softmax(THETA, -1))]
+    moving = reinforce.MovingBaseline().to(F64)
+    for picks in EARLIER_BATCHES:
+        parts = [episode_tensors(trajectories[i], THETA) for i in picks]
+        _, rewards, dones, timesteps = (torch.cat(x) for x in zip(*parts, strict=True))
+        moving.fold_in(reinforce.returns_to_go(rewards, dones, 1.0), timesteps, DECAY)
+    return moving
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_moving_baseline_from_earlier_batches_is_unbiased(n):
+    """--baseline moving: b_t built from earlier batches is fixed given them, so E[g] = grad J exactly. Folding this
+    batch in before computing its advantages (the wrong order) makes b_t depend on a_t: biased, shown exactly."""
+    moving = moving_baseline_from_earlier_batches()
+    assert len(moving.averages) == 3 and moving.averages.abs().min() > 0, moving.averages
+    exact = true_grad(MDP, THETA, 1.0)
+    assert_close(batch_estimator_mean(MDP, THETA, n, lambda G, t, d: G - moving(t)), exact)
+
+    def folded_in_first(G, t, d):
+        twin = reinforce.MovingBaseline().to(F64)
+        twin.averages = moving.averages.clone()
+        twin.fold_in(G, t, DECAY)
+        return G - twin(t)
+
+    biased = batch_estimator_mean(MDP, THETA, n, folded_in_first)
+    assert (biased - exact).norm() > 0.05 * exact.norm(), (biased - exact).norm() / exact.norm()
+    if n == 1:  # b_t = decay * b_t + (1 - decay) * G_t makes A_t = decay * (G_t - b_t): exactly decay * grad J
+        assert_close(biased, DECAY * exact)
+
+
+def test_moving_baseline_by_hand():
+    moving = reinforce.MovingBaseline().to(F64)
+    t = torch.tensor
+    assert torch.equal(moving(t([0, 1, 2])), t([0.0, 0.0, 0.0], dtype=F64))  # no batch yet: 0 everywhere
+    # episodes of lengths 3, 1: means at t = 0, 1, 2 are (6+2)/2, 4, 1; the first batch sets them
+    moving.fold_in(t([6.0, 4.0, 1.0, 2.0], dtype=F64), t([0, 1, 2, 0]), 0.5)
+    assert_close(moving.averages, t([4.0, 4.0, 1.0], dtype=F64), rtol=1e-12)
+    # lengths 2, 4: means 5.5, 3.5, 4, 2; t = 0, 1, 2 move halfway there, t = 3 is set
+    moving.fold_in(t([3.0, 1.0, 8.0, 6.0, 4.0, 2.0], dtype=F64), t([0, 1, 0, 1, 2, 3]), 0.5)
+    assert_close(moving.averages, t([4.75, 3.75, 2.5, 2.0], dtype=F64), rtol=1e-12)
+    # one episode of length 1: only t = 0 moves (decay 0.8); t = 5 was never reached: b = 0
+    moving.fold_in(t([1.0], dtype=F64), t([0]), 0.8)
+    assert_close(moving(t([0, 3, 1, 5])), t([0.8 * 4.75 + 0.2, 2.0, 3.75, 0.0], dtype=F64), rtol=1e-12)
 
 
 def test_leave_one_out_baseline_by_hand():
@@ -186,6 +239,42 @@ def test_returns_to_go_by_hand():
     assert_close(reinforce.returns_to_go(rewards, dones, 0.5), expected, rtol=1e-12)
 
 
+def test_returns_to_go_of_envs_side_by_side():
+    """[T, N]: each column is one env's steps in time order, episodes restarting after each done (bool as
+    Gymnasium returns them); a column that ends mid-episode sums what it saw (no bootstrap)."""
+    rewards = torch.tensor([[1.0, 2.0], [2.0, 1.0], [3.0, 4.0], [1.0, 1.0], [1.0, 3.0]], dtype=F64)
+    dones = torch.tensor([[False, True], [False, False], [True, True], [False, False], [True, False]])
+    expected = torch.tensor([[1 + 0.5 * 3.5, 2], [2 + 0.5 * 3, 1 + 0.5 * 4], [3, 4], [1 + 0.5, 1 + 0.5 * 3], [1, 3]])
+    assert_close(reinforce.returns_to_go(rewards, dones, 0.5), expected.to(F64), rtol=1e-12)
+    for n in range(2):  # and each column as the [T] case computes it
+        assert_close(reinforce.returns_to_go(rewards[:, n], dones[:, n].to(F64), 0.5), expected[:, n].to(F64))
+
+
+class StaysOnDevice(torch.Tensor):
+    """A tensor whose every copy to the host raises; torch's operations on it return this type again."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (
+            torch.Tensor.tolist,
+            torch.Tensor.numpy,
+            torch.Tensor.item,
+            torch.Tensor.cpu,
+            torch.Tensor.__array__,
+        ):
+            raise AssertionError(f"{func.__name__}() copies the tensor to the host")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("shape", [(6,), (6, 3)])
+def test_returns_to_go_stays_on_the_tensors_device(shape):
+    """No round trip through the host (tolist, numpy, item, cpu), and G is made by torch operations on the inputs."""
+    rewards, dones = torch.rand(shape, dtype=F64), torch.rand(shape) < 0.3
+    G = reinforce.returns_to_go(rewards.as_subclass(StaysOnDevice), dones.as_subclass(StaysOnDevice), 0.9)
+    assert type(G) is StaysOnDevice and G.shape == shape
+    assert_close(G.as_subclass(torch.Tensor), reinforce.returns_to_go(rewards, dones, 0.9), rtol=1e-12)
+
+
 def test_rollout_lays_out_whole_episodes_including_truncated_ones():
     envs = [gym.make("CartPole-v1", max_episode_steps=7) for _ in range(3)]
     for i, env in enumerate(envs):
@@ -206,34 +295,25 @@ def test_rollout_lays_out_whole_episodes_including_truncated_ones():
 # ----------------------------------------------------------------------------------------------
 # e. The Gaussian policy's log-probability and entropy
 # ----------------------------------------------------------------------------------------------
-def test_gaussian_log_prob_and_entropy_closed_forms():
-    g = torch.Generator().manual_seed(0)
-    mean, log_std, action = (
-        torch.randn(5, 3, generator=g, dtype=F64),
-        torch.randn(3, generator=g, dtype=F64),
-        torch.randn(5, 3, generator=g, dtype=F64),
-    )
-    for i in range(5):
-        closed = sum(
-            -((action[i, d] - mean[i, d]) ** 2) / (2 * math.exp(2 * log_std[d]))
-            - log_std[d]
-            - 0.5 * math.log(2 * math.pi)
-            for d in range(3)
-        )
-        assert abs(float(reinforce.gaussian_log_prob(mean, log_std, action)[i] - closed)) < 1e-12
+def test_gaussian_policy_log_prob_entropy_and_their_gradients_closed_forms():
+    """Box actions: log N(a; mean, diag(exp(log_std))^2) summed over the action's dims, its entropy
+    sum_d (1/2 log(2 pi e) + log_std_d), and their gradients in log_std, z^2 - 1 and 1 (z = (a - mean) / std)."""
+    torch.manual_seed(0)
+    policy = reinforce.Policy(4, gym.spaces.Box(-1.0, 1.0, (3,)), 8).to(F64)
+    with torch.no_grad():
+        policy.log_std.copy_(torch.randn(3, dtype=F64))
+    obs, action = torch.randn(5, 4, dtype=F64), torch.randn(5, 3, dtype=F64)
+    log_prob, entropy = policy.log_prob_entropy(obs, action)
+    mean, log_std = policy.net(obs).detach(), policy.log_std.detach()
+    z = (action - mean) / log_std.exp()
+    closed = (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    assert_close(log_prob, closed, rtol=1e-12)
     closed_entropy = sum(0.5 * math.log(2 * math.pi * math.e * math.exp(2 * s)) for s in log_std.tolist())
-    assert abs(float(reinforce.gaussian_entropy(log_std)) - closed_entropy) < 1e-12
-    normal = torch.distributions.Normal(mean, log_std.exp())
-    assert_close(reinforce.gaussian_log_prob(mean, log_std, action), normal.log_prob(action).sum(-1), rtol=1e-12)
-
-
-def test_gaussian_gradients():
-    g = torch.Generator().manual_seed(1)
-    mean, log_std, action = (
-        torch.randn(*s, generator=g, dtype=F64).requires_grad_(True) for s in [(4, 2), (2,), (4, 2)]
+    assert_close(entropy, torch.full((5,), closed_entropy, dtype=F64), rtol=1e-12)
+    assert_close(
+        torch.autograd.grad(log_prob.sum(), policy.log_std, retain_graph=True)[0], (z**2 - 1).sum(0), rtol=1e-12
     )
-    assert torch.autograd.gradcheck(reinforce.gaussian_log_prob, (mean, log_std, action))
-    assert torch.autograd.gradcheck(reinforce.gaussian_entropy, (log_std,))
+    assert_close(torch.autograd.grad(entropy.sum(), policy.log_std)[0], torch.full((3,), 5.0, dtype=F64), rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,6 +332,46 @@ def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
     assert "mean return" in capsys.readouterr().out
 
 
+def test_every_update_applies_the_constant_learning_rates(tmp_path, monkeypatch):
+    """The documented schedule is constant: each update steps the policy's Adam once at --learning-rate and the
+    value network's --value-iters times at --value-learning-rate, read from the optimisers update() is given, as
+    they step, and each optimiser holds exactly its network's parameters."""
+    original_update, lrs = reinforce.update, {"policy": [], "value": []}
+
+    def recording_update(policy, value_net, optimizer, value_optimizer, *rest):
+        hooks = []
+        for name, net, opt in (("policy", policy, optimizer), ("value", value_net, value_optimizer)):
+            assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
+            record = lambda o, *_, name=name: lrs[name].append([g["lr"] for g in o.param_groups])  # noqa: E731
+            hooks.append(opt.register_step_pre_hook(record))
+        try:
+            return original_update(policy, value_net, optimizer, value_optimizer, *rest)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    monkeypatch.setattr(reinforce, "update", recording_update)
+    argv = "--total-timesteps 600 --learning-rate 0.002 --value-learning-rate 0.03 --value-iters 2".split()
+    assert reinforce.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
+    updates = len(read_csv(tmp_path / "run" / "metrics.csv"))
+    assert updates >= 2 and lrs == {"policy": [[0.002]] * updates, "value": [[0.03]] * 2 * updates}
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "nan"])
+def test_baseline_decay_outside_0_1_is_refused(value, tmp_path, capsys):
+    assert reinforce.main(["--baseline-decay", value, "--run-dir", str(tmp_path / "run")]) == 2
+    assert "--baseline-decay" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_torchrun_is_refused_with_one_line(tmp_path, monkeypatch, capsys):
+    """Under torchrun (its environment variables), reinforce.py says it runs as one process, exit 2, before training."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert reinforce.main(["--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "torchrun" in err and not (tmp_path / "run").exists(), err
+
+
 def test_pendulum_gaussian_path_runs(tmp_path):
     run = tmp_path / "run"
     assert reinforce.main(["--env-id", "Pendulum-v1", "--total-timesteps", "3200", "--run-dir", str(run)]) == 0
@@ -260,15 +380,17 @@ def test_pendulum_gaussian_path_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# g. Wiring: update() is one step on policy_loss with the baseline of the networks before the update
+# g. Wiring: update() is one step on policy_loss with the baseline as it was before this batch
 # ----------------------------------------------------------------------------------------------
-WIRING_ARGS = reinforce.Args(gamma=0.9, episodes_per_batch=3, value_iters=3, hidden_size=8, max_grad_norm=0.5)
+WIRING_ARGS = reinforce.Args(
+    gamma=0.9, episodes_per_batch=3, value_iters=3, hidden_size=8, max_grad_norm=0.5, baseline_decay=0.6
+)
 LENGTHS = (4, 2, 5)  # three episodes laid end to end, as rollout() returns them
 
 
-def wiring_batch(seed: int, action_space: gym.Space) -> dict[str, torch.Tensor]:
+def wiring_batch(seed: int, action_space: gym.Space, lengths: tuple[int, ...] = LENGTHS) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    T = sum(LENGTHS)
+    T = sum(lengths)
     if isinstance(action_space, gym.spaces.Discrete):
         actions = torch.randint(0, int(action_space.n), (T,), generator=g)
     else:
@@ -277,13 +399,14 @@ def wiring_batch(seed: int, action_space: gym.Space) -> dict[str, torch.Tensor]:
         "obs": torch.randn(T, 4, generator=g, dtype=F64),
         "actions": actions,
         "rewards": torch.rand(T, generator=g, dtype=F64) + 0.5,
-        "dones": torch.cat([(torch.arange(n) == n - 1).to(F64) for n in LENGTHS]),
-        "timesteps": torch.cat([torch.arange(n) for n in LENGTHS]),
+        "dones": torch.cat([(torch.arange(n) == n - 1).to(F64) for n in lengths]),
+        "timesteps": torch.cat([torch.arange(n) for n in lengths]),
     }
 
 
 def reinforce_state(action_space: gym.Space):
-    """(policy, value net, their two Adams) in float64, the Adams warmed up by two updates on other batches."""
+    """(policy, value net, their two Adams, a moving baseline) in float64, the Adams and the moving baseline warmed
+    up by updates on other, shorter batches (so the moving baseline has not yet reached the last time step)."""
     torch.manual_seed(0)
     policy = reinforce.Policy(4, action_space, 8).to(F64)
     value_net = reinforce.ValueNet(4, 8).to(F64)
@@ -292,9 +415,12 @@ def reinforce_state(action_space: gym.Space):
         value_net,
         torch.optim.Adam(policy.parameters(), 0.01),
         torch.optim.Adam(value_net.parameters(), 0.01),
+        reinforce.MovingBaseline().to(F64),
     )
     for seed in (1, 2):
-        reinforce.update(*state, wiring_batch(seed, action_space), WIRING_ARGS)
+        for baseline in ("value", "moving"):
+            args = dataclasses.replace(WIRING_ARGS, baseline=baseline)
+            reinforce.update(*state, wiring_batch(seed, action_space, lengths=(4, 2, 3)), args)
     return state, wiring_batch(3, action_space)
 
 
@@ -302,17 +428,19 @@ SPACES = {"discrete": gym.spaces.Discrete(3), "gaussian": gym.spaces.Box(-1.0, 1
 
 
 @pytest.mark.parametrize("space", SPACES)
-@pytest.mark.parametrize("baseline", ["none", "mean", "value"])
+@pytest.mark.parametrize("baseline", ["none", "mean", "moving", "value"])
 def test_update_is_one_policy_step_with_the_baseline_before_the_value_fit(baseline, space):
     state, batch = reinforce_state(SPACES[space])
     args = dataclasses.replace(WIRING_ARGS, baseline=baseline)
 
     def by_hand(state):
-        policy, value_net, optimizer, value_optimizer = state
+        policy, value_net, optimizer, value_optimizer, moving = state
         G = reinforce.returns_to_go(batch["rewards"], batch["dones"], args.gamma)
         if baseline == "value":
             with torch.no_grad():
                 b = value_net(batch["obs"])  # the critic as it is before it sees these returns
+        elif baseline == "moving":
+            b = moving(batch["timesteps"])  # the average of earlier batches, before this one is folded in
         else:
             b = reinforce.leave_one_out_baseline(G, batch["timesteps"]) if baseline == "mean" else 0 * G
         log_probs, _ = policy.log_prob_entropy(batch["obs"], batch["actions"])
@@ -325,13 +453,38 @@ def test_update_is_one_policy_step_with_the_baseline_before_the_value_fit(baseli
     assert_update_is_hand_built_steps(state, lambda s: reinforce.update(*s, batch, args), by_hand)
 
 
+def test_update_folds_this_batch_into_the_moving_baseline_with_its_decay():
+    """After its step, update() folds the batch's returns-to-go into the moving baseline, with --baseline-decay."""
+    state, batch = reinforce_state(SPACES["discrete"])
+    G = reinforce.returns_to_go(batch["rewards"], batch["dones"], WIRING_ARGS.gamma)
+    for decay in (0.0, 0.3):
+        twin = copy.deepcopy(state)
+        reinforce.update(*twin, batch, dataclasses.replace(WIRING_ARGS, baseline="moving", baseline_decay=decay))
+        expected = copy.deepcopy(state[-1])
+        expected.fold_in(G, batch["timesteps"], decay)
+        assert len(twin[-1].averages) == max(LENGTHS) > len(state[-1].averages)
+        assert_close(twin[-1].averages, expected.averages, rtol=1e-12)
+
+
 def test_every_hyperparameter_of_the_loss_reaches_update():
     state, batch = reinforce_state(SPACES["discrete"])
     changes = {"gamma": 0.5, "baseline": "mean", "value_iters": 1, "max_grad_norm": 0.01}
     assert_each_hyperparameter_changes_the_update(
         state, lambda s, args: reinforce.update(*s, batch, args), WIRING_ARGS, changes
     )
-    mean_args = dataclasses.replace(WIRING_ARGS, baseline="mean")  # and none against mean
+    mean_args = dataclasses.replace(WIRING_ARGS, baseline="mean")  # and none, moving against mean
     assert_each_hyperparameter_changes_the_update(
         state, lambda s, args: reinforce.update(*s, batch, args), mean_args, {"baseline": "none"}
+    )
+    assert_each_hyperparameter_changes_the_update(
+        state, lambda s, args: reinforce.update(*s, batch, args), mean_args, {"baseline": "moving"}
+    )
+    # the decay acts on the next update's baseline: two updates in a row
+    moving_args = dataclasses.replace(WIRING_ARGS, baseline="moving")
+    later = wiring_batch(4, SPACES["discrete"])
+    assert_each_hyperparameter_changes_the_update(
+        state,
+        lambda s, args: [reinforce.update(*s, b, args) for b in (batch, later)],
+        moving_args,
+        {"baseline_decay": 0.1},
     )
