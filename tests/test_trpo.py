@@ -1,6 +1,7 @@
 """trpo.py: the Fisher-vector product against the exact Fisher matrix and against finite differences, conjugate
 gradient against a dense solve and its theory, the surrogate's gradient against grad J on the exact MDP, the
-trust-region step and line search on a small network, the wiring of update(), and short real runs.
+trust-region step and line search on a small network, the wiring of update() (its learning rate, and on two
+processes), and short real runs.
 
 Everything exact is float64. The Fisher matrix is formed densely only here, to check the products that the
 script uses instead.
