@@ -1,61 +1,49 @@
 """Proximal policy optimisation (PPO-clip), with GAE(lambda) and time limits told apart from terminations.
 
-The idea. An actor-critic takes one gradient step per rollout and throws the rollout away: the gradient
-of log pi(a|s) * A is only the policy gradient at the policy that collected the data. PPO reuses each
-rollout for several epochs of minibatch steps. After the first step the policy pi_theta is no longer the
-one that acted, pi_old, so the surrogate weights each step by the probability ratio r_t = pi_theta / pi_old
-(importance sampling; at theta = theta_old it is 1 and its gradient is the policy gradient again). Left
-alone, maximising r_t * A_t would push the ratio as far as the data allows, far outside the region where
-the old rollout says anything about the new policy. The clip removes that incentive: once r_t has moved
-past 1 +- eps in the direction its advantage favours, the term is constant and its gradient zero.
+An actor-critic takes one gradient step per rollout and throws it away: log pi(a|s) * A has the policy gradient
+only at the policy that collected the data. PPO reuses each rollout for K epochs of minibatch steps, weighting each
+sample by the ratio pi_theta / pi_old of the policy now to the one that acted (importance sampling), and clipping
+away any gain from moving a ratio past 1 +- eps in the direction its advantage favours.
 
 Objective and gradient, with the names used in the code (T = --num-steps steps of N = --num-envs envs):
-    J(theta)   = E_tau[ sum_t gamma^t r_t ]
-    delta_t    = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)         TD error; s'_t the true next state
-    A_t        = delta_t + gamma*lambda * (1 - done_t) * A_{t+1}             gae(), with the critic before the update
-    G^lam_t    = A_t + V(s_t)                                                the lambda-return: the critic's target
-    ratio_t    = pi_theta(a_t|s_t) / pi_old(a_t|s_t) = exp(log_probs - old_log_probs)
-    L^CLIP     = -mean_t min( ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t )       policy_loss(), eps = clip_coef
-    L^V        = 1/2 mean_t (V_phi(s_t) - G^lam_t)^2, or with --clip-vloss          value_loss()
-                 1/2 mean_t max( (V_phi - G^lam)^2, (V_old + clip(V_phi - V_old, -eps, eps) - G^lam)^2 )
-    L          = L^CLIP + vf_coef * L^V - ent_coef * mean_t H[pi(.|s_t)]        one minibatch's loss
-    grad L^CLIP at theta = theta_old  =  -mean_t grad log pi(a_t|s_t) A_t           the actor-critic gradient
-Per minibatch, A_t is normalised to mean 0 and std 1 (normalize(); --no-norm-adv turns it off).
-Why min(...) is a pessimistic bound: the clipped term and the unclipped one agree inside [1 - eps, 1 + eps];
-outside, min picks the smaller, so L^CLIP never credits the new policy with more improvement than the
-unclipped estimate does, and where the unclipped estimate is *worse* (the ratio moved the wrong way,
-A_t > 0 with ratio_t < 1 - eps, or A_t < 0 with ratio_t > 1 + eps) it keeps that worse value and its
-gradient, which pulls the policy back. So the surrogate is a lower bound of the importance-sampled one.
-What the clip does not do: bound how far the policy moves. Steps on the other samples, and the
-network's generalisation, still move every ratio; the diagnostics say how far: approx_kl(), the k3
-estimator mean_t (ratio_t - 1) - log ratio_t of KL(pi_old || pi_theta), unbiased and never negative,
-and clip_fraction(), the share of samples with |ratio_t - 1| > eps. --target-kl stops the epochs early
-once the approximate KL on a minibatch passes the target: a guard for when many epochs, a large step
-size or a small batch let the policy run away from the data it is being fitted to.
-What changed since actor_critic.py: a rollout is used for --update-epochs epochs of --num-minibatches
-shuffled minibatches instead of one step; the policy loss is the clipped ratio surrogate instead of
-log pi * A (the two agree, value and gradient, at theta = theta_old); the log-probabilities of the acting
-policy are stored in the rollout; per-minibatch advantage normalisation; a learning rate that decays
-linearly to 0 over the budget (--no-anneal-lr keeps it constant); optional value clipping, running
-observation normalisation and reward scaling (their statistics travel in the checkpoint); the KL and
-clip-fraction diagnostics. Time limits bootstrap from V of the final
-observation exactly as in actor_critic.py.
-What changed since trpo.py: TRPO maximises the unclipped surrogate mean_t ratio_t A_t subject to a hard
-constraint KL(pi_old || pi_theta) <= delta, which takes a natural-gradient direction (conjugate
-gradient on Fisher-vector products) and a line search. PPO drops the constraint and the second-order
-machinery: no penalty term either, just a clip that makes moving further worthless to the objective,
-and plain first-order Adam steps on minibatches. It is a stand-in for the trust region, not one.
-References: Schulman et al. 2017 (PPO); Schulman et al. 2016 (GAE); Schulman et al. 2015 (TRPO);
-Engstrom et al. 2020 and Andrychowicz et al. 2021 (which implementation details matter); Huang et al.
-2022 ("The 37 implementation details of PPO"); Pardo et al. 2018 (time limits).
+    J(theta)    = E_tau[ sum_t gamma^t r_t ]
+    delta_t     = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)         TD error; s'_t the true next state
+    A_t         = delta_t + gamma*lambda * (1 - done_t) * A_{t+1}             gae(), with the critic before the update
+    G^lam_t     = A_t + V(s_t)                                                the lambda-return: the critic's target
+    ratio_t     = pi_theta(a_t|s_t) / pi_old(a_t|s_t) = exp(log_probs - old_log_probs)
+    L^CLIP      = mean_t min( ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t )   the paper's objective, maximised
+    policy_loss = -L^CLIP                                                          what we minimise; eps = clip_coef
+    value_loss  = 1/2 mean_t (V_phi(s_t) - G^lam_t)^2, or with --clip-vloss
+                  1/2 mean_t max( (V_phi - G^lam)^2, (V_old + clip(V_phi - V_old, -eps, eps) - G^lam)^2 )
+    L           = policy_loss + vf_coef * value_loss - ent_coef * mean_t H[pi(.|s_t)]   one minibatch's loss
+    grad policy_loss at theta = theta_old  =  -mean_t grad log pi(a_t|s_t) A_t        the actor-critic gradient
+A_t is normalised per minibatch (normalize(); --no-norm-adv: off). min(...) is pessimistic: where a ratio moved the
+wrong way (A_t > 0 with ratio_t < 1 - eps, or A_t < 0 with ratio_t > 1 + eps) it keeps the unclipped, worse term
+and its gradient, which pulls the policy back. The clip does not bound how far the policy moves; the diagnostics
+say how far: approx_kl(), the k3 estimator of KL(pi_old || pi_theta), and clip_fraction(), the share of samples
+with |ratio_t - 1| > eps, as CleanRL and Stable-Baselines3 count it (the GRPO scripts' clip_fraction counts the
+tokens whose gradient the clip zeroes). --target-kl ends the epochs once a minibatch's KL passes it.
+Normalisation (Normalizer): --norm-obs centres observations and divides them by their running std; --norm-reward
+divides rewards (without centring: their mean is not kept) by the running std of each env's discounted return
+R <- gamma R + r. The statistics start as Stable-Baselines3's RunningMeanStd (mean 0, variance 1, count 1e-4) and
+travel in the checkpoint.
+What changed since actor_critic.py: K epochs of shuffled minibatches per rollout instead of one step; the clipped
+ratio surrogate instead of log pi * A (value and gradient agree at theta = theta_old), with the acting policy's
+log-probabilities stored in the rollout; advantage normalisation; a learning rate that decays linearly to 0
+(--no-anneal-lr keeps it); optional value clipping and normalisation; KL diagnostics.
+What changed since trpo.py: no hard KL constraint, natural gradient or line search, but a clip that makes moving
+further worthless to the objective, and first-order Adam steps: a stand-in for the trust region, not one.
+References: Schulman et al. 2017 (PPO), 2016 (GAE), 2015 (TRPO); Engstrom et al. 2020; Andrychowicz et al. 2021;
+Huang et al. 2022 ("The 37 implementation details of PPO"); Pardo et al. 2018 (time limits).
 Run:  python ppo.py --help
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import math
+import operator
 import os
 import random
 import signal
@@ -66,94 +54,65 @@ from dataclasses import asdict, dataclass, field, fields
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 
-# ----------------------------------------------------------------------------------------------
-# Hyperparameters
-# ----------------------------------------------------------------------------------------------
-def arg(default, help: str, choices: tuple | None = None):
+# ---- Hyperparameters -------------------------------------------------------------------------------------------------
+def arg(default, help: str, choices=None, above=None, at_least=None, below=None, at_most=None):
     """A hyperparameter: its default, a one-line help for --help, and the values it accepts."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+    bounds = {"above": above, "at_least": at_least, "below": below, "at_most": at_most}
+    return field(default=default, metadata={"help": help, "choices": choices, **bounds})
 
 
 @dataclass
 class Args:
-    env_id: str = arg("CartPole-v1", "Gymnasium id (Box observations; Discrete or Box actions)")
+    env_id: str = arg("CartPole-v1", "Gymnasium id (1-D Box observations; Discrete or 1-D Box actions)")
     seed: int = arg(1, "seeds Python, numpy, torch and the environments")
-    total_timesteps: int = arg(100_000, "training budget in environment steps (all envs together)")
-    learning_rate: float = arg(2.5e-3, "Adam step size of the actor and the critic")
-    # on by default: measured on CartPole-v1 (10 seeds, README), a similar median (19.4k vs 17.4k steps to solve), a
-    # better worst seed (30.0k vs 41.9k), and every seed still at 500 after 100k steps, where a constant rate drifts
+    total_timesteps: int = arg(100_000, "training budget in environment steps (all envs together)", at_least=1)
+    learning_rate: float = arg(2.5e-3, "Adam step size of the actor and the critic", above=0)
     anneal_lr: bool = arg(True, "decay the learning rate linearly to 0 over the budget (--no-anneal-lr: constant)")
-    num_envs: int = arg(4, "N: environments stepped together (a Gymnasium SyncVectorEnv)")
-    num_steps: int = arg(64, "T: steps of each env per rollout")
-    gamma: float = arg(0.99, "discount factor in [0, 1]")
-    gae_lambda: float = arg(0.95, "GAE's lambda in [0, 1]: 0 one-step TD error, 1 Monte Carlo with a bootstrap")
-    update_epochs: int = arg(10, "K: passes over each rollout")
-    num_minibatches: int = arg(4, "minibatches per epoch; must divide N*T")
+    num_envs: int = arg(4, "N: environments stepped together (a Gymnasium SyncVectorEnv)", at_least=1)
+    num_steps: int = arg(64, "T: steps of each env per rollout", at_least=1)
+    gamma: float = arg(0.99, "discount factor", at_least=0, at_most=1)
+    gae_lambda: float = arg(0.95, "GAE lambda: 0 one-step TD error, 1 Monte Carlo", at_least=0, at_most=1)
+    update_epochs: int = arg(10, "K: passes over each rollout", at_least=1)
+    num_minibatches: int = arg(4, "minibatches per epoch; must divide N*T", at_least=1)
     norm_adv: bool = arg(True, "normalise the advantages of each minibatch to mean 0, std 1")
-    clip_coef: float = arg(0.2, "eps: the ratio's clip range [1 - eps, 1 + eps] (and the value clip's)")
-    # off by default: measured on CartPole-v1 (10 seeds, README), clipping the critic's change more than doubled the
-    # median steps to solve at a constant learning rate (38.6k vs 17.4k): returns of ~100 need larger critic moves
+    clip_coef: float = arg(0.2, "eps: the ratio's clip range [1 - eps, 1 + eps] (and the value clip's)", above=0)
     clip_vloss: bool = arg(False, "clip the critic's change per rollout to +-clip_coef around its old values")
-    ent_coef: float = arg(0.0, "weight of the entropy bonus in the loss")
-    vf_coef: float = arg(0.5, "weight of the critic's loss in the joint loss")
-    max_grad_norm: float = arg(0.5, "clip the joint gradient's global norm (0 = off)")
-    target_kl: float = arg(0.0, "stop the epochs once a minibatch's approximate KL passes this (0 = off)")
-    norm_obs: bool = arg(False, "normalise observations by running mean and std (saved with the model)")
-    norm_reward: bool = arg(False, "scale rewards by the running std of the discounted return")
-    # separate by default, as in actor_critic.py (shared hidden layers needed ~3x the steps on CartPole-v1 there)
+    ent_coef: float = arg(0.0, "weight of the entropy bonus in the loss", at_least=0)
+    vf_coef: float = arg(0.5, "weight of the critic's loss in the joint loss", above=0)
+    max_grad_norm: float = arg(0.5, "clip the joint gradient's global norm (0 = off)", at_least=0)
+    target_kl: float = arg(0.0, "stop the epochs once a minibatch's approximate KL passes this (0 = off)", at_least=0)
+    norm_obs: bool = arg(False, "normalise observations by their running mean and std (saved with the model)")
+    norm_reward: bool = arg(False, "divide rewards by the running std of the discounted return (saved with the model)")
     network: str = arg("separate", "actor and critic: separate MLPs, or shared hidden layers with two heads",
                        choices=("separate", "shared"))  # fmt: skip
-    hidden_size: int = arg(64, "width of the two hidden layers")
-    torch_threads: int = arg(1, "CPU threads for torch; networks this small run fastest on one")
-    device: str = arg("auto", "auto | cpu | cuda (auto picks CUDA when available)", choices=("auto", "cpu", "cuda"))
-    run_dir: str = arg("", "where metrics.csv, episodes.csv and model.pt go (default runs/ppo__<env>__<seed>__<time>)")
-    log_interval: int = arg(10, "print a progress line (and save the checkpoint) every this many updates")
-    eval: str = arg("", "path of a model.pt: evaluate it and exit, no training")
-    eval_episodes: int = arg(10, "episodes for --eval (greedy actions: argmax or the Gaussian mean)")
+    hidden_size: int = arg(64, "width of the two hidden layers", at_least=1)
+    torch_threads: int = arg(1, "CPU threads for torch; networks this small run fastest on one", at_least=1)
+    device: str = arg("auto", "auto picks CUDA when available", choices=("auto", "cpu", "cuda"))
+    run_dir: str = arg("", "where metrics.csv, episodes.csv and model.pt go (default: a new dir in runs/)")
+    overwrite: bool = arg(False, "replace the run that --run-dir already holds")
+    log_interval: int = arg(10, "print a progress line and save the checkpoint every this many updates", at_least=1)
+    eval: str = arg("", "path of a model.pt: evaluate it greedily and exit, no training")
+    eval_episodes: int = arg(10, "episodes for --eval", at_least=1)
+
+    def problems(self) -> list[str]:
+        """Constraints that no single range expresses: the envs split over torchrun's processes, the minibatches
+        split each process's batch, and normalize() needs at least two advantages in a minibatch."""
+        world, n = share()[1], self.num_minibatches
+        batch = self.num_envs // world * self.num_steps  # each process's batch
+        if self.num_envs % world:
+            return [f"--num-envs {self.num_envs} must split evenly over {world} processes"]
+        if batch % n:
+            return [f"--num-minibatches must divide --num-envs x --num-steps = {batch} steps per process (got {n})"]
+        if self.norm_adv and batch * world < 2 * n:
+            return [f"--num-minibatches {n} makes minibatches of one step; --norm-adv needs 2 (or --no-norm-adv)"]
+        return []
 
 
-def validate(args: Args) -> None:
-    """Raise ValueError with what is wrong and what is accepted."""
-    batch_size = args.num_envs * args.num_steps
-    checks = [
-        (args.total_timesteps > 0, f"--total-timesteps must be > 0 (got {args.total_timesteps})"),
-        (args.learning_rate > 0, f"--learning-rate must be > 0 (got {args.learning_rate})"),
-        (args.num_envs >= 1, f"--num-envs must be >= 1 (got {args.num_envs})"),
-        (args.num_steps >= 1, f"--num-steps must be >= 1 (got {args.num_steps})"),
-        (0.0 <= args.gamma <= 1.0, f"--gamma must be in [0, 1] (got {args.gamma})"),
-        (0.0 <= args.gae_lambda <= 1.0, f"--gae-lambda must be in [0, 1] (got {args.gae_lambda})"),
-        (args.update_epochs >= 1, f"--update-epochs must be >= 1 (got {args.update_epochs})"),
-        (args.num_minibatches >= 1, f"--num-minibatches must be >= 1 (got {args.num_minibatches})"),
-        (
-            batch_size % max(args.num_minibatches, 1) == 0,
-            f"--num-minibatches must divide the batch of --num-envs x --num-steps = {batch_size} steps "
-            f"(got {args.num_minibatches})",
-        ),
-        (args.clip_coef > 0, f"--clip-coef must be > 0 (got {args.clip_coef})"),
-        (args.ent_coef >= 0, f"--ent-coef must be >= 0 (got {args.ent_coef})"),
-        (args.vf_coef > 0, f"--vf-coef must be > 0 (got {args.vf_coef})"),
-        (args.max_grad_norm >= 0, f"--max-grad-norm must be >= 0 (got {args.max_grad_norm})"),
-        (args.target_kl >= 0, f"--target-kl must be >= 0 (got {args.target_kl})"),
-        (args.hidden_size >= 1, f"--hidden-size must be >= 1 (got {args.hidden_size})"),
-        (args.log_interval >= 1, f"--log-interval must be >= 1 (got {args.log_interval})"),
-        (args.torch_threads >= 1, f"--torch-threads must be >= 1 (got {args.torch_threads})"),
-        (args.eval_episodes >= 1, f"--eval-episodes must be >= 1 (got {args.eval_episodes})"),
-        (
-            args.device != "cuda" or torch.cuda.is_available(),
-            "--device cuda was asked for but CUDA is not available; use cpu or auto",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-
-
-# ----------------------------------------------------------------------------------------------
-# Networks
-# ----------------------------------------------------------------------------------------------
+# ---- Networks -------------------------------------------------------------------------------------------------------
 def mlp(n_in: int, n_out: int, hidden: int, out_gain: float) -> nn.Sequential:
     """Two tanh hidden layers, orthogonal init; a small out_gain starts the policy near uniform."""
     net = nn.Sequential(
@@ -165,51 +124,38 @@ def mlp(n_in: int, n_out: int, hidden: int, out_gain: float) -> nn.Sequential:
     return net
 
 
-def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log N(action; mean, diag(exp(log_std))^2), summed over action dims. [B, D], [D] or [B, D], [B, D] -> [B]."""
-    z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """Entropy of a diagonal Gaussian, sum_d (1/2 log(2 pi e) + log_std_d). [..., D] -> [...]."""
-    return (0.5 * (1.0 + math.log(2 * math.pi)) + log_std).sum(-1)
-
-
 class Policy(nn.Module):
-    """pi(a|s): Categorical over logits for Discrete actions, diagonal Gaussian (state-independent
-    log-std) for Box actions. Box actions are sampled unbounded and clipped only when sent to the env,
-    so the stored log-probability is that of the action the ratio will be computed on."""
+    """pi(a|s): Categorical over logits for Discrete actions (an index 0..n-1), diagonal Gaussian with a
+    state-independent log-std for Box actions, sampled unbounded and clipped only when sent to the env."""
 
     def __init__(self, obs_dim: int, action_space: gym.Space, hidden: int):
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        n_out = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        n_out = int(action_space.n) if self.discrete else action_space.shape[0]
         self.net = mlp(obs_dim, n_out, hidden, out_gain=0.01)
         if not self.discrete:
             self.log_std = nn.Parameter(torch.zeros(n_out))
 
-    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]."""
-        out = self.net(obs)
-        if self.discrete:
-            logp = out.log_softmax(-1)
-            return logp.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
-        return gaussian_log_prob(out, self.log_std, action), gaussian_entropy(self.log_std).expand(len(obs))
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample a ~ pi(.|s), or take its mode when greedy; with log pi(a|s), the old log-probability
-        of the ratio. [B, obs_dim] -> action [B] or [B, D], log-probability [B]."""
+    def dist(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        """pi(.|s) for a batch [B, obs_dim]: batch shape [B], event shape [] (Discrete) or [D] (Box)."""
         out = self.net(obs)
         if not torch.isfinite(out).all():
             raise FloatingPointError("policy output")
         if self.discrete:
-            logp = out.log_softmax(-1)
-            action = out.argmax(-1) if greedy else torch.multinomial(logp.exp(), 1).squeeze(-1)
-            return action, logp.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        action = out if greedy else out + torch.exp(self.log_std) * torch.randn_like(out)
-        return action, gaussian_log_prob(out, self.log_std, action)  # the unclipped sample's density
+            return torch.distributions.Categorical(logits=out, validate_args=False)
+        normal = torch.distributions.Normal(out, self.log_std.exp(), validate_args=False)
+        return torch.distributions.Independent(normal, 1, validate_args=False)
+
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]."""
+        dist = self.dist(obs)
+        return dist.log_prob(action), dist.entropy()
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Sample a ~ pi(.|s), or take its mode when greedy. [B, obs_dim] -> [B] or [B, D]."""
+        dist = self.dist(obs)
+        return dist.mode if greedy else dist.sample()
 
 
 class ValueNet(nn.Module):
@@ -230,25 +176,18 @@ class ValueNet(nn.Module):
         return self.net(obs).squeeze(-1)
 
 
-# ----------------------------------------------------------------------------------------------
-# The estimator: pure functions on tensors
-# ----------------------------------------------------------------------------------------------
-def gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    next_values: torch.Tensor,
-    terminated: torch.Tensor,
-    truncated: torch.Tensor,
-    gamma: float,
-    lam: float,
-) -> torch.Tensor:
+# ---- The estimator: pure functions on tensors -----------------------------------------------------------------------
+def gae(rewards, values, next_values, terminated, truncated, gamma: float, lam: float) -> torch.Tensor:
     """Generalized advantage estimates A_t = sum_{l>=0} (gamma*lam)^l delta_{t+l}, each sum stopping at
     its episode's last step or at the rollout's last step, whichever comes first.
 
-    All [T, N] (time, env), float: rewards r_t; values V(s_t); next_values V(s'_t) of the true next
-    state (at an episode's last step: its final observation, not the reset one); terminated / truncated
-    1.0 at a step that ended its episode by a terminal state / by a time limit. Returns A: [T, N].
+    rewards r_t, values V(s_t), next_values V(s'_t): float tensors [T, N] (time, env); next_values of the true
+    next state (at an episode's last step: its final observation, not the reset one). terminated, truncated:
+    [T, N], bool or 0/1, tensors or numpy arrays as Gymnasium returns them: true at a step that ended its
+    episode by a terminal state / by a time limit. Returns A: [T, N], on the device of rewards.
     """
+    terminated = torch.as_tensor(terminated, dtype=rewards.dtype, device=rewards.device)
+    truncated = torch.as_tensor(truncated, dtype=rewards.dtype, device=rewards.device)
     deltas = rewards + gamma * (1.0 - terminated) * next_values - values  # no future after a terminal state
     not_done = 1.0 - torch.maximum(terminated, truncated)  # either way the next row is a new episode
     advantages = torch.zeros_like(rewards)
@@ -260,52 +199,48 @@ def gae(
 
 
 def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(A - mean A) / (std A + eps) over a minibatch [B] -> [B]: the step size no longer depends on the
-    scale of the rewards. Subtracting the mean is a baseline shift, shared by the whole minibatch."""
-    return (advantages - advantages.mean()) / (advantages.std() + eps)
+    """(A - mean A) / (std A + eps) over a minibatch [B] -> [B] (std unbiased; under torchrun, mean and std of the
+    union of every process's B advantages): the step size no longer depends on the scale of the rewards, and
+    subtracting the mean is a baseline shared by the minibatch."""
+    mean = advantages.mean()
+    all_mean([mean])
+    square = (advantages - mean).pow(2).mean()
+    all_mean([square])
+    n = len(advantages) * share()[1]
+    return (advantages - mean) / (torch.sqrt(square * n / (n - 1)) + eps)
 
 
-def policy_loss(
-    log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, clip_coef: float
-) -> torch.Tensor:
-    """The clipped surrogate L^CLIP = -mean_t min(ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t),
-    ratio_t = exp(log_probs - old_log_probs).
-
-    log_probs: [B] log pi_theta(a_t|s_t), with grad; old_log_probs: [B] log pi_old(a_t|s_t) of the policy
-    that acted; advantages: [B] (both detached here); clip_coef: eps > 0. At log_probs = old_log_probs the
-    gradient is that of policy_loss in actor_critic.py, -mean_t grad log pi(a_t|s_t) A_t.
-    """
+def policy_loss(log_probs, old_log_probs, advantages, clip_coef: float) -> torch.Tensor:
+    """-L^CLIP = -mean_t min(ratio_t A_t, clip(ratio_t, 1 - eps, 1 + eps) A_t), ratio_t = exp(log_probs -
+    old_log_probs), to minimise. log_probs [B] with grad; old_log_probs (of the policy that acted) and advantages
+    [B], both detached here. At log_probs = old_log_probs its gradient is -mean_t grad log pi(a_t|s_t) A_t."""
     ratio = torch.exp(log_probs - old_log_probs.detach())
     advantages = advantages.detach()
     clipped = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef)
     return -torch.min(ratio * advantages, clipped * advantages).mean()
 
 
-def value_loss(
-    values: torch.Tensor, returns: torch.Tensor, old_values: torch.Tensor | None = None, clip_coef: float = 0.2
-) -> torch.Tensor:
-    """1/2 mean_t (V(s_t) - G_t)^2, the target G_t held fixed. With old_values (the critic's outputs before
-    this update) the clipped form 1/2 mean_t max((V - G)^2, (V_old + clip(V - V_old, -eps, eps) - G)^2):
-    the critic gains nothing by moving more than eps from V_old. All [B] -> scalar."""
+def value_loss(values, returns, old_values=None, clip_coef: float = 0.2) -> torch.Tensor:
+    """1/2 mean_t (V(s_t) - G_t)^2, the target G_t held fixed; with old_values (the critic's outputs before this
+    update) 1/2 mean_t max((V - G)^2, (V_old + clip(V - V_old, -eps, eps) - G)^2). All [B] -> scalar."""
     returns = returns.detach()
     loss = (values - returns).pow(2)
     if old_values is not None:
-        old_values = old_values.detach()
-        clipped = old_values + torch.clamp(values - old_values, -clip_coef, clip_coef)
+        clipped = old_values.detach() + torch.clamp(values - old_values.detach(), -clip_coef, clip_coef)
         loss = torch.max(loss, (clipped - returns).pow(2))
     return 0.5 * loss.mean()
 
 
 def approx_kl(log_probs: torch.Tensor, old_log_probs: torch.Tensor) -> torch.Tensor:
-    """k3 = mean_t (ratio_t - 1) - log ratio_t, ratio_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t), a_t ~ pi_old.
-    Unbiased for KL(pi_old || pi_theta) (E[ratio] = 1) and, unlike -log ratio, never negative
-    (x - 1 >= log x). [B], [B] -> scalar."""
+    """k3 = mean_t (ratio_t - 1) - log ratio_t, a_t ~ pi_old: unbiased for KL(pi_old || pi_theta) (E[ratio] = 1)
+    and, unlike -log ratio, never negative (x - 1 >= log x). [B], [B] -> scalar."""
     log_ratio = log_probs - old_log_probs
     return (torch.exp(log_ratio) - 1.0 - log_ratio).mean()
 
 
 def clip_fraction(log_probs: torch.Tensor, old_log_probs: torch.Tensor, clip_coef: float) -> torch.Tensor:
-    """The share of samples whose ratio lies outside [1 - eps, 1 + eps]. [B], [B] -> scalar."""
+    """The share of samples with |ratio_t - 1| > eps, whether or not the clip zeroes their gradient (CleanRL's
+    and Stable-Baselines3's count, not the GRPO scripts'). [B], [B] -> scalar."""
     return ((torch.exp(log_probs - old_log_probs) - 1.0).abs() > clip_coef).float().mean()
 
 
@@ -315,39 +250,44 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     return float("nan") if var == 0 else float(1 - (returns - values).var(unbiased=False) / var)
 
 
+def gather(x: np.ndarray) -> np.ndarray:
+    """Every process's x [B, ...], concatenated in rank order (the order of the N envs) under torchrun; else x."""
+    if not dist.is_initialized():
+        return x
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, x)
+    return np.concatenate(parts)
+
+
 def update_mean_var(mean, var, count: float, batch):
-    """Merge a batch [B, ...] into running statistics (mean [...], var [...], count) of everything seen
-    so far (Chan et al. 1979: the pooled mean and population variance, exactly). numpy arrays or
-    tensors; count 0 starts from nothing. Returns (mean, var, count)."""
-    batch_count = batch.shape[0]
-    batch_mean = batch.mean(0)
-    batch_var = ((batch - batch_mean) ** 2).mean(0)
-    delta = batch_mean - mean
-    total = count + batch_count
-    m2 = var * count + batch_var * batch_count + delta**2 * count * batch_count / total
+    """Merge a batch [B, ...] into running statistics (mean [...], var [...], count) of everything seen so far
+    (Chan et al. 1979: the pooled mean and population variance, exactly). numpy arrays, or tensors on any one
+    device; count 0 starts from nothing. Returns (mean, var, count)."""
+    batch_count, batch_mean = batch.shape[0], batch.mean(0)
+    delta, total = batch_mean - mean, count + batch_count
+    m2 = var * count + ((batch - batch_mean) ** 2).sum(0) + delta**2 * count * batch_count / total
     return mean + delta * batch_count / total, m2 / total, total
 
 
 class Normalizer:
-    """--norm-obs: observations -> clip((obs - mean) / sqrt(var + 1e-8), -10, 10), with the running mean
-    and variance of every observation seen in training. --norm-reward: r -> clip(r / sqrt(Var[R] + 1e-8),
-    -10, 10), with R the running discounted return of each env (R <- gamma R + r, 0 at an episode's start):
-    the rewards keep their sign and their mean, the critic's targets a scale near 1. Training updates
-    the statistics; --eval loads them from the checkpoint and keeps them fixed, so the policy sees the
-    inputs it was trained on. Either flag off: the identity."""
+    """--norm-obs: obs -> clip((obs - mean) / sqrt(var + 1e-8), -10, 10), the statistics of every observation seen
+    in training; --norm-reward: r -> clip(r / sqrt(var + 1e-8), -10, 10), those of every env's running discounted
+    return (R <- gamma R + r, 0 at an episode's start). Both start at mean 0, variance 1, count 1e-4, so a first step
+    is not divided by a variance of 0. --eval keeps them fixed. A flag off: the identity. Host-side numpy. Under
+    torchrun every process merges the batches of all, so that the statistics are those of all N envs."""
 
     def __init__(self, obs_shape, num_envs: int, gamma: float, norm_obs: bool, norm_reward: bool):
         self.norm_obs, self.norm_reward, self.gamma = norm_obs, norm_reward, gamma
-        self.obs_mean, self.obs_var, self.obs_count = np.zeros(obs_shape), np.ones(obs_shape), 0.0
-        self.return_mean, self.return_var, self.return_count = np.zeros(()), np.ones(()), 0.0
+        self.obs_mean, self.obs_var, self.obs_count = np.zeros(obs_shape), np.ones(obs_shape), 1e-4
+        self.return_mean, self.return_var, self.return_count = np.zeros(()), np.ones(()), 1e-4
         self.returns = np.zeros(num_envs)
 
     def obs(self, raw: np.ndarray, update: bool = True) -> np.ndarray:
-        """[B, *obs_shape] -> the same, normalised; update=True first merges raw into the statistics."""
+        """[B, obs_dim] -> the same, normalised; update=True first merges raw into the statistics."""
         if not self.norm_obs:
             return raw
         if update:
-            stats = update_mean_var(self.obs_mean, self.obs_var, self.obs_count, raw)
+            stats = update_mean_var(self.obs_mean, self.obs_var, self.obs_count, gather(raw))
             self.obs_mean, self.obs_var, self.obs_count = stats
         return np.clip((raw - self.obs_mean) / np.sqrt(self.obs_var + 1e-8), -10.0, 10.0).astype(raw.dtype)
 
@@ -356,7 +296,7 @@ class Normalizer:
         if not self.norm_reward:
             return rewards
         self.returns = self.gamma * self.returns + rewards
-        stats = update_mean_var(self.return_mean, self.return_var, self.return_count, self.returns)
+        stats = update_mean_var(self.return_mean, self.return_var, self.return_count, gather(self.returns))
         self.return_mean, self.return_var, self.return_count = stats
         self.returns[done] = 0.0
         return np.clip(rewards / np.sqrt(self.return_var + 1e-8), -10.0, 10.0)
@@ -366,90 +306,56 @@ class Normalizer:
         return {k: torch.as_tensor(getattr(self, k), dtype=torch.float64) for k in names}
 
     def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            setattr(self, k, v.numpy() if v.dim() else float(v))
+        for k in self.state_dict():
+            setattr(self, k, state[k].numpy() if state[k].dim() else float(state[k]))
 
 
-class Adam:
-    """Adam (Kingma & Ba 2015), the same steps as torch.optim.Adam (tests/test_ppo.py checks it), written out
-    because the first torch.optim optimiser imports torch._dynamo: over a second of start-up, a third of
-    the time this script takes to solve CartPole-v1. For every parameter p with gradient g, at step k:
-        m <- beta1 m + (1 - beta1) g,   v <- beta2 v + (1 - beta2) g^2,
-        p <- p - lr / (1 - beta1^k) * m / (sqrt(v / (1 - beta2^k)) + eps)."""
-
-    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-5):
-        self.params, self.lr, self.betas, self.eps, self.k = list(params), lr, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """One step for every parameter at once: torch._foreach_* apply an operation to a list of tensors in
-        one call, which for networks this small is several times faster than a loop over them."""
-        self.k += 1
-        beta1, beta2 = self.betas
-        grads = [p.grad for p in self.params]
-        torch._foreach_lerp_(self.m, grads, 1 - beta1)  # m <- m + (1 - beta1) (g - m)
-        torch._foreach_mul_(self.v, beta2)
-        torch._foreach_addcmul_(self.v, grads, grads, 1 - beta2)
-        denominator = torch._foreach_sqrt(self.v)
-        torch._foreach_div_(denominator, math.sqrt(1 - beta2**self.k))
-        torch._foreach_add_(denominator, self.eps)
-        torch._foreach_addcdiv_(self.params, self.m, denominator, -self.lr / (1 - beta1**self.k))
+# ---- Rollout: T steps of N environments, continuing where the last rollout stopped ----------------------------------
+def make_envs(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
+    """N copies of make_env(env_id), stepped in this process. SAME_STEP autoreset: when an episode ends, step()
+    returns that last step's reward and flags, its final observation in infos["final_obs"], and the next episode's
+    reset observation as the observation, so every row of the batch is a real transition (s_t, a_t, r_t, s'_t).
+    (The default, NEXT_STEP, would add a fake transition per episode, to be masked out of every loss.)"""
+    return gym.vector.SyncVectorEnv(
+        [lambda: make_env(env_id) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
 
 
-# ----------------------------------------------------------------------------------------------
-# Rollout: T steps of N environments, continuing where the last rollout stopped
-# ----------------------------------------------------------------------------------------------
-class EnvironmentNotFinite(FloatingPointError):
-    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
+def env_action(actions: np.ndarray, space: gym.Space) -> np.ndarray:
+    """The policy's actions as the env takes them: Discrete(n, start) gets start + index, a Box the clipped sample."""
+    if isinstance(space, gym.spaces.Discrete):
+        return actions + int(space.start)
+    return np.clip(actions, space.low, space.high)
 
 
-def check_finite(obs, reward, steps_so_far: int) -> None:
-    """Raise EnvironmentNotFinite, naming which, unless the observation(s) and the reward(s) are finite."""
-    if not np.isfinite(obs).all():
-        raise EnvironmentNotFinite("observation", steps_so_far)
-    if not np.isfinite(reward).all():
-        raise EnvironmentNotFinite("reward", steps_so_far)
+def rollout(envs, policy: Policy, carry: dict, num_steps: int, device, on_episode_end, normalizer: Normalizer) -> dict:
+    """Step every env num_steps times with actions from the policy, continuing from carry (obs [N, obs_dim],
+    normalised, and the episode_return, episode_length [N] of the episodes in progress, all updated in place).
 
-
-def rollout(
-    envs, policy: Policy, carry: dict, num_steps: int, device: torch.device, on_episode_end, normalizer: Normalizer
-) -> dict:
-    """Step every env num_steps times with actions sampled from the policy, continuing from carry["obs"].
-
-    carry holds obs [N, obs_dim], the current (normalised) observations, and episode_return,
-    episode_length [N] of the episodes in progress; all three are updated in place. Returns the batch,
-    each [T, N, ...]: obs s_t, actions a_t (unclipped), log_probs log pi_old(a_t|s_t), rewards r_t
-    (scaled by the normalizer), terminated, truncated (1.0 at the step that ended an episode), next_obs
-    s'_t, the true next state: the next row's obs, except at an episode's last step, where it is the final
-    observation of the ended episode. As each episode ends, on_episode_end(episode_return, length,
-    steps_so_far) is called with its raw return, steps_so_far counting the steps of all envs so far.
-    Every observation and reward is checked as it arrives: a NaN or an infinity raises EnvironmentNotFinite.
+    Returns the batch, each [T, N, ...]: obs s_t, actions a_t (a Box action unclipped), log_probs log pi_old(a_t|s_t),
+    rewards r_t (through normalizer.reward), terminated, truncated (1.0 at the step that ended an episode), next_obs
+    s'_t (the true next state: at an episode's last step its final observation). Calls on_episode_end(raw
+    episode_return, length, steps_so_far) as each episode ends, steps_so_far counting the steps of all envs in this
+    rollout. A NaN or infinite observation or reward raises EnvironmentNotFinite.
     """
     keys = ("obs", "actions", "log_probs", "rewards", "terminated", "truncated", "next_obs")
     steps = {k: [] for k in keys}
-    space = envs.single_action_space
     check_finite(carry["obs"], 0.0, 0)  # from reset() before the first rollout (no reward), else checked already
     for t in range(num_steps):
         obs = carry["obs"]
-        actions, log_probs = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device))
-        actions, log_probs = actions.cpu().numpy(), log_probs.cpu().numpy()
-        env_actions = actions if policy.discrete else np.clip(actions, space.low, space.high)
-        next_obs, rewards, terminated, truncated, infos = envs.step(env_actions)
+        with torch.no_grad():
+            dist = policy.dist(torch.as_tensor(obs, dtype=torch.float32, device=device))
+            actions = dist.sample()
+            log_probs = dist.log_prob(actions).cpu().numpy()  # of the sample, before a Box action is clipped
+        actions = actions.cpu().numpy()
+        next_obs, rewards, terminated, truncated, infos = envs.step(env_action(actions, envs.single_action_space))
         done = terminated | truncated
         true_next_obs = next_obs.copy()  # next_obs of an ended episode is already the next one's reset obs
         for i in np.flatnonzero(done):
             true_next_obs[i] = infos["final_obs"][i]
         check_finite((next_obs, true_next_obs), rewards, (t + 1) * envs.num_envs)
-        next_obs = normalizer.obs(next_obs)
-        true_next_obs = normalizer.obs(true_next_obs, update=False)
-        scaled = normalizer.reward(rewards, done)
-        row = (obs, actions, log_probs, scaled, terminated, truncated, true_next_obs)
+        next_obs, true_next_obs = normalizer.obs(next_obs), normalizer.obs(true_next_obs, update=False)
+        row = (obs, actions, log_probs, normalizer.reward(rewards, done), terminated, truncated, true_next_obs)
         for k, v in zip(keys, row, strict=True):
             steps[k].append(v)
         carry["episode_return"] += rewards
@@ -464,12 +370,10 @@ def rollout(
     return batch
 
 
-# ----------------------------------------------------------------------------------------------
-# Update
-# ----------------------------------------------------------------------------------------------
+# ---- Update ---------------------------------------------------------------------------------------------------------
 def advantages_and_targets(value_net: ValueNet, batch: dict, gamma: float, lam: float):
     """(A [T, N], lambda-returns G^lam = A + V [T, N], V(s_t) [T, N]) with the critic as it is before this
-    update: the values it gives are constants of the losses for all the epochs."""
+    update: the values it gives are constants of the losses."""
     with torch.no_grad():
         values, next_values = value_net(batch["obs"]), value_net(batch["next_obs"])
     advantages = gae(batch["rewards"], values, next_values, batch["terminated"], batch["truncated"], gamma, lam)
@@ -482,19 +386,20 @@ def minibatches(batch_size: int, num_minibatches: int, generator: torch.Generato
 
 
 def update(policy, value_net, optimizer, batch, args: Args, generator: torch.Generator | None = None) -> dict:
-    """--update-epochs passes over one rollout, each in --num-minibatches shuffled minibatches, one
-    gradient step on the joint loss per minibatch; stops early when --target-kl is set and passed."""
+    """--update-epochs passes over one rollout, each in --num-minibatches shuffled minibatches, one step of any
+    torch.optim optimiser on the joint loss per minibatch; stops early once --target-kl is set and passed."""
     advantages, targets, values = advantages_and_targets(value_net, batch, args.gamma, args.gae_lambda)
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, N, ...] -> [T*N, ...]
     obs, actions, old_log_probs = flat(batch["obs"]), flat(batch["actions"]), flat(batch["log_probs"])
     advantages, targets, values = flat(advantages), flat(targets), flat(values)
-    params = optimizer.params
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     sums = dict.fromkeys(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0)
     n_steps, stop = 0, False
     for _ in range(args.update_epochs):
         for idx in minibatches(len(obs), args.num_minibatches, generator):
             log_probs, entropy = policy.log_prob_entropy(obs[idx], actions[idx])
             kl = approx_kl(log_probs.detach(), old_log_probs[idx])  # of the policy as it is now, on this minibatch
+            all_mean([kl])  # under torchrun: on every process's minibatch, so that all stop together
             if args.target_kl > 0 and n_steps > 0 and kl > args.target_kl:
                 stop = True  # the policy has moved far enough from the one that collected the data
                 break
@@ -507,13 +412,16 @@ def update(policy, value_net, optimizer, batch, args: Args, generator: torch.Gen
                 raise FloatingPointError("loss")
             optimizer.zero_grad()
             loss.backward()
+            all_mean([p.grad for p in params])  # under torchrun: the gradient of the union's mean loss
             if args.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(params, args.max_grad_norm)
             optimizer.step()
             n_steps += 1
             clipped = clip_fraction(log_probs.detach(), old_log_probs[idx], args.clip_coef)
-            for k, v in zip(sums, (pi_loss, v_loss, entropy.mean(), kl, clipped), strict=True):
-                sums[k] += v.item()
+            means = torch.stack([pi_loss.detach(), v_loss.detach(), entropy.detach().mean(), kl, clipped])
+            all_mean([means])  # under torchrun: of every process's minibatch
+            for k, v in zip(sums, means.tolist(), strict=True):
+                sums[k] += v
         if stop:
             break
     if not all(torch.isfinite(p).all() for p in params):
@@ -525,301 +433,310 @@ def update(policy, value_net, optimizer, batch, args: Args, generator: torch.Gen
     }
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints and environments
-# ----------------------------------------------------------------------------------------------
-def make_env(env_id: str) -> gym.Env:
-    """gym.make, with the spaces this script supports checked; raises ValueError otherwise."""
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as e:
-        raise ValueError(f"cannot make environment '{env_id}': {str(e).splitlines()[0]}") from None
-    if not isinstance(env.observation_space, gym.spaces.Box):
-        raise ValueError(f"{env_id}: observation space {env.observation_space} is not supported (Box only)")
-    space = env.action_space
-    if not (isinstance(space, gym.spaces.Discrete) or (isinstance(space, gym.spaces.Box) and len(space.shape) == 1)):
-        raise ValueError(f"{env_id}: action space {space} is not supported (Discrete, or a 1-D Box)")
-    return env
-
-
-def make_envs(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
-    """N copies of make_env(env_id), stepped one after another in this process (for envs as cheap as
-    CartPole a subprocess per env costs more than it saves).
-
-    The autoreset mode is chosen, not left to the default. SAME_STEP: when an episode ends at step t,
-    step() returns (r_t, terminated_t, truncated_t) of that last step, the ended episode's final
-    observation in infos["final_obs"], and, as the observation, the *reset* observation of the next
-    episode, which is s_{t+1}. Every row of the batch is then a real transition (s_t, a_t, r_t, s'_t).
-    The default, NEXT_STEP, returns the final observation first and resets one call later, ignoring
-    that call's action and returning reward 0: a fake transition (final obs, ignored action, 0, reset
-    obs) in every episode, which would have to be masked out of every loss and every count of steps.
-    """
-    return gym.vector.SyncVectorEnv(
-        [lambda: make_env(env_id) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
-    )
-
-
-def space_spec(env: gym.Env) -> dict:
-    """What a checkpoint needs to rebuild the policy, and to check it matches an environment."""
-    a = env.action_space
-    action = {"n": int(a.n)} if isinstance(a, gym.spaces.Discrete) else {"low": a.low.tolist(), "high": a.high.tolist()}
-    return {"obs_shape": list(env.observation_space.shape), "action": action}
-
-
-def save_checkpoint(
-    path: str, policy: Policy, value_net: ValueNet, normalizer: Normalizer, args: Args, spaces: dict, global_step: int
-) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    state = {
-        "algo": "ppo",
-        "args": asdict(args),
-        "spaces": spaces,
-        "global_step": global_step,
-        "policy": policy.state_dict(),
-        "value": value_net.state_dict(),
-        "normalizer": normalizer.state_dict(),
-    }
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str) -> dict:
-    """Raise ValueError when the file is missing, unreadable or not a ppo.py checkpoint."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-    if not isinstance(state, dict) or state.get("algo") != "ppo":
-        raise ValueError(f"{path} is not a ppo.py checkpoint")
-    return state
-
-
-# ----------------------------------------------------------------------------------------------
-# Training loop
-# ----------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, `timeout`, `docker stop`), raised wherever training is, and handled like Ctrl-C."""
-
-
-def raise_terminated(signum, frame):
-    raise Terminated
-
-
+# ---- Training loop --------------------------------------------------------------------------------------------------
 def train(args: Args) -> dict[str, float]:
-    """Train, writing metrics.csv (a row per update), episodes.csv (a row per episode) and model.pt."""
-    start = time.time()
-    seed_everything(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)  # the minibatch permutations
-    torch.set_num_threads(args.torch_threads)
-    device = resolve_device(args.device)
-    envs = make_envs(args.env_id, args.num_envs)
-    spaces = space_spec(envs.envs[0])
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    """The RL loop: set the learning rate, roll out T steps of N envs, K epochs of minibatch steps, log."""
+    device = setup(args)  # seeds, torch threads, the device; under torchrun, the process group
+    rank, world = share()  # this process's rank and the number of processes (0, 1 without torchrun)
+    generator = torch.Generator().manual_seed(args.seed)  # the minibatch permutations, alike on every process
+    envs = make_envs(args.env_id, args.num_envs // world)  # this process's share of the N envs
+    obs_dim = envs.single_observation_space.shape[0]
     policy = Policy(obs_dim, envs.single_action_space, args.hidden_size).to(device)
     value_net = ValueNet(obs_dim, args.hidden_size, shared_with=policy if args.network == "shared" else None).to(device)
     params = list({id(p): p for net in (policy, value_net) for p in net.parameters()}.values())  # shared ones once
-    optimizer = Adam(params, lr=args.learning_rate)
-    obs_shape = envs.single_observation_space.shape
-    normalizer = Normalizer(obs_shape, args.num_envs, args.gamma, args.norm_obs, args.norm_reward)
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5, fused=True)  # fused: one kernel per step
+    normalizer = Normalizer((obs_dim,), envs.num_envs, args.gamma, args.norm_obs, args.norm_reward)
     num_updates = math.ceil(args.total_timesteps / (args.num_envs * args.num_steps))
+    obs, _ = envs.reset(seed=args.seed + rank * envs.num_envs)  # env i of N gets seed + i, then its own generator
+    carry = {"obs": normalizer.obs(obs), "episode_return": np.zeros(envs.num_envs),
+             "episode_length": np.zeros(envs.num_envs, int)}  # fmt: skip
+    nets = {"policy": policy, "value": value_net, "normalizer": normalizer}
+    with Run(args, envs.envs[0], lambda: {name: net.state_dict() for name, net in nets.items()}) as run:
+        for update_idx in range(num_updates):
+            learning_rate = args.learning_rate * (1.0 - update_idx / num_updates if args.anneal_lr else 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
+            batch = rollout(envs, policy, carry, args.num_steps, device, run.on_episode_end, normalizer)
+            stats = update(policy, value_net, optimizer, batch, args, generator)
+            run.log(batch["rewards"].numel(), {"learning_rate": learning_rate, **stats})
+    envs.close()
+    return run.summary
 
-    run_dir = args.run_dir or f"runs/ppo__{args.env_id}__{args.seed}__{int(start)}"
-    model_path = os.path.join(run_dir, "model.pt")
-    columns = ["global_step", "wall_time", "sps", "episodic_return", "episode_length", "learning_rate",
-               "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "epochs",
-               "explained_variance"]  # fmt: skip
-    try:  # a run directory that cannot be created or written is bad input, found before training starts
-        os.makedirs(run_dir, exist_ok=True)
-        metrics_file = open(os.path.join(run_dir, "metrics.csv"), "w", newline="")
-        episodes_file = open(os.path.join(run_dir, "episodes.csv"), "w", newline="")
-    except OSError as e:
-        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror or e}") from None
-    metrics, episodes = csv.writer(metrics_file), csv.writer(episodes_file)
-    metrics.writerow(columns)
-    episodes.writerow(["global_step", "wall_time", "return", "length"])
-    print(f"ppo on {args.env_id} | device {device} | network {args.network} | run dir {run_dir}")
 
-    global_step, update_idx, recent, recent_lengths, saved = 0, 0, [], [], False
+# ---- everything below is plumbing, not reinforcement learning -------------------------------------------------------
+# setup() seeds and picks the device; make_env() checks an env's spaces; Run writes a training run (its directory,
+# metrics.csv, episodes.csv, model.pt, progress lines) and handles Ctrl-C, SIGTERM and non-finite numbers;
+# load_checkpoint() and evaluate() serve --eval; validate() and main() the command line. Every error a user can
+# cause is a ValueError, which main() prints as one line before exiting with status 2.
+ALGO = "ppo"
 
-    def on_episode_end(episode_return: float, length: int, steps_so_far: int) -> None:
-        episodes.writerow([global_step + steps_so_far, f"{time.time() - start:.3f}", episode_return, length])
-        recent.append(episode_return)
-        recent_lengths.append(length)
 
-    previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)  # restored when train() returns
+def setup(args: Args) -> torch.device:
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)  # alike on every process: the networks start identical
+    torch.set_num_threads(args.torch_threads)
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = share()
+    if world > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
+    return device
+
+
+def share() -> tuple[int, int]:
+    """(rank, number of processes), as torchrun sets them; (0, 1) for a plain `python script.py`."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def all_mean(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor in place over the processes, whose batches together are the one batch of one process."""
+    if dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+            tensor /= dist.get_world_size()
+
+
+def make_env(env_id: str) -> gym.Env:
     try:
-        obs, _ = envs.reset(seed=args.seed)  # env i gets seed + i; later resets continue each env's own generator
-        carry = {
-            "obs": normalizer.obs(obs),
-            "episode_return": np.zeros(args.num_envs),
-            "episode_length": np.zeros(args.num_envs, int),
-        }
-        while global_step < args.total_timesteps:
-            t0 = time.time()
-            ended_before = len(recent)
-            if args.anneal_lr:  # linearly from learning_rate at the first update to learning_rate / num_updates
-                optimizer.lr = args.learning_rate * (1.0 - update_idx / num_updates)
-            try:
-                batch = rollout(envs, policy, carry, args.num_steps, device, on_episode_end, normalizer)
-                global_step += batch["rewards"].numel()
-                stats = update(policy, value_net, optimizer, batch, args, generator)
-            except FloatingPointError as e:  # keep the last checkpoint, which was saved with finite weights
-                if isinstance(e, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
-                    what, steps_so_far = e.args
-                    cause = f"the environment returned a non-finite {what} at global step {global_step + steps_so_far}"
-                else:
-                    cause = f"non-finite {e} at global step {global_step}"
-                kept = f"the last good checkpoint is {model_path}" if saved else "no checkpoint was saved before it"
-                print(f"stopped: {cause}; {kept}", file=sys.stderr)
+        env = gym.make(env_id)
+    except Exception as e:  # an unknown id, a module that does not import, an entry point that fails
+        raise ValueError(f"cannot make environment '{env_id}': {(str(e) or repr(e)).splitlines()[0]}") from None
+    obs, act = env.observation_space, env.action_space
+    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
+        raise ValueError(f"{env_id}: observation space {obs} is not supported (a 1-D Box only)")
+    if not (isinstance(act, gym.spaces.Discrete) or (isinstance(act, gym.spaces.Box) and len(act.shape) == 1)):
+        raise ValueError(f"{env_id}: action space {act} is not supported (Discrete, or a 1-D Box)")
+    return env
+
+
+class EnvironmentNotFinite(FloatingPointError):
+    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
+
+
+def check_finite(obs, reward, steps_so_far: int) -> None:
+    for what, value in (("observation", obs), ("reward", reward)):
+        if not np.isfinite(value).all():
+            raise EnvironmentNotFinite(what, steps_so_far)
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt(signum)  # Ctrl-C (SIGINT), or SIGTERM from a scheduler, `timeout`, `docker stop`
+
+
+def mean(values: list) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+class Run:
+    """`with Run(args, env, checkpoint) as run:` around the training loop. run.on_episode_end(...): a row of
+    episodes.csv; run.log(steps, stats): a row of metrics.csv per update, and every --log-interval updates (and at
+    the end) model.pt, {algo, args, env spaces, global_step} and the dict checkpoint() returns, and a progress line.
+    Ctrl-C or SIGTERM: save, exit 130 or 143. A FloatingPointError: exit 1, keeping the last good checkpoint."""
+
+    def __init__(self, args: Args, env: gym.Env, checkpoint):
+        self.args, self.spaces, self.checkpoint = args, [str(env.observation_space), str(env.action_space)], checkpoint
+        self.global_step, self.updates, self.saved, self.returns, self.lengths, self.logged = 0, 0, False, [], [], 0
+
+    def __enter__(self) -> Run:
+        rank, self.world = share()
+        if self.world > 1:  # the networks were built alike on every process; from here each samples its own actions
+            torch.manual_seed(self.args.seed + rank)
+        self.dir = self.model_path = ""
+        self.metrics, self.episodes = open(os.devnull, "w"), open(os.devnull, "w")
+        if rank == 0:  # rank 0 alone writes the run directory
+            self.open_run_dir()
+        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
+        self.start = self.last = time.time()
+        return self
+
+    def open_run_dir(self) -> None:
+        self.dir = self.args.run_dir
+        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
+        if held and not self.args.overwrite:
+            raise ValueError(f"--run-dir {self.dir} already holds a run ({held[0]}); add --overwrite to replace it")
+        try:
+            if not self.dir:  # runs/<algo>__<env>__<seed>__<time>, or _2, _3, ... after it if a run took that name
+                env = "".join(c if c.isalnum() or c in "-_." else "-" for c in self.args.env_id)
+                base = os.path.join("runs", f"{ALGO}__{env}__{self.args.seed}__{int(time.time())}")
+                os.makedirs("runs", exist_ok=True)
+                for self.dir in (base, *(f"{base}_{k}" for k in range(2, 100))):
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(self.dir)  # atomic: of two runs started at once, one gets the name
+                        break
+            os.makedirs(self.dir, exist_ok=True)
+            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
+            self.episodes = open(os.path.join(self.dir, "episodes.csv"), "w")
+        except OSError as e:
+            raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
+        print("global_step,wall_time,return,length", file=self.episodes, flush=True)
+        self.model_path = os.path.join(self.dir, "model.pt")
+        print(f"{ALGO} on {self.args.env_id} | {self.world} process(es) | run dir {self.dir}")
+
+    def on_episode_end(self, episode_return: float, length: int, steps_so_far: int) -> None:
+        step, now = self.global_step + steps_so_far * self.world, round(time.time() - self.start, 3)
+        print(step, now, episode_return, length, sep=",", file=self.episodes, flush=True)
+        self.returns.append(episode_return)
+        self.lengths.append(length)
+
+    def log(self, steps: int, stats: dict[str, float]) -> None:
+        now, ended = time.time(), slice(self.logged, len(self.returns))  # the episodes that ended since the last row
+        steps *= self.world  # every process took as many
+        self.global_step, self.updates, self.logged = self.global_step + steps, self.updates + 1, len(self.returns)
+        row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
+               "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
+               "episode_length": mean(self.lengths[ended]), **stats}  # fmt: skip
+        if self.updates == 1:
+            print(*row, sep=",", file=self.metrics)  # the header
+        print(*row.values(), sep=",", file=self.metrics, flush=True)
+        self.last = now
+        if self.updates % self.args.log_interval == 0 or self.global_step >= self.args.total_timesteps:
+            self.save()
+            numbers = " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("global_step", "wall_time"))
+            print(f"step {self.global_step:>8} | return(last 20) {mean(self.returns[-20:]):8.2f} | {numbers}")
+
+    def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
+        if not self.model_path:  # a process other than rank 0
+            return
+        state = {"algo": ALGO, "args": asdict(self.args), "spaces": self.spaces, "global_step": self.global_step}
+        tmp = f"{self.model_path}.{os.getpid()}.tmp"
+        try:
+            torch.save({**state, **self.checkpoint()}, tmp)
+            os.replace(tmp, self.model_path)
+            self.saved = True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)  # there only if the save was interrupted
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.metrics.close()
+        self.episodes.close()
+        signals = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}  # no 2nd Ctrl-C now
+        try:
+            if isinstance(error, KeyboardInterrupt):  # main() then exits 128 + the signal's number: 130 or 143
+                self.save()
+                print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
+            elif isinstance(error, FloatingPointError):
+                cause, at = f"non-finite {error.args[0]}", self.global_step
+                if isinstance(error, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
+                    cause, at = f"the environment returned a {cause}", at + error.args[1]
+                kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
+                print(f"stopped: {cause} at global step {at}; {kept}", file=sys.stderr)
                 raise SystemExit(1) from None
-            episodes_file.flush()
-            ended = slice(ended_before, len(recent))  # the episodes that ended during this rollout (maybe none)
-            update_idx += 1
-            row = {
-                "global_step": global_step,
-                "wall_time": round(time.time() - start, 3),
-                "sps": round(batch["rewards"].numel() / (time.time() - t0)),
-                "episodic_return": float(np.mean(recent[ended])) if recent[ended] else float("nan"),
-                "episode_length": float(np.mean(recent_lengths[ended])) if recent[ended] else float("nan"),
-                "learning_rate": optimizer.lr,
-                **stats,
-            }
-            metrics.writerow([row[c] for c in columns])
-            metrics_file.flush()
-            if update_idx % args.log_interval == 0 or global_step >= args.total_timesteps:
-                save_checkpoint(model_path, policy, value_net, normalizer, args, spaces, global_step)
-                saved = True
-                print(
-                    f"step {global_step:>8} | return(last 20) {np.mean(recent[-20:] or [np.nan]):8.2f} | "
-                    f"sps {row['sps']:>6} | pi_loss {stats['policy_loss']:7.3f} | v_loss {stats['value_loss']:8.3f} | "
-                    f"entropy {stats['entropy']:6.3f} | kl {stats['approx_kl']:.4f} | "
-                    f"clipfrac {stats['clip_fraction']:.3f} | expl_var {stats['explained_variance']:6.3f}"
-                )
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as Terminated
-        save_checkpoint(model_path, policy, value_net, normalizer, args, spaces, global_step)
-        print(f"\ninterrupted at global step {global_step}; checkpoint and metrics saved in {run_dir}", file=sys.stderr)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
-        metrics_file.close()
-        episodes_file.close()
-        envs.close()
-
-    summary = {
-        "global_step": global_step,
-        "episodes": len(recent),
-        "mean_return_last_20": float(np.mean(recent[-20:] or [np.nan])),
-        "seconds": time.time() - start,
-    }
-    print(
-        f"done: {summary['global_step']} steps, {summary['episodes']} episodes in {summary['seconds']:.1f} s; "
-        f"mean return of the last 20 episodes {summary['mean_return_last_20']:.2f}; files in {run_dir}"
-    )
-    return summary
+            elif error is None:
+                seconds, last_20 = time.time() - self.start, mean(self.returns[-20:])
+                self.summary = {"global_step": self.global_step, "episodes": len(self.returns), "seconds": seconds}
+                print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {seconds:.1f} s; mean return "
+                      f"of the last 20 episodes {last_20:.2f}; files in {self.dir}")  # fmt: skip
+        finally:
+            signal.signal(signal.SIGINT, signals[signal.SIGINT])
+            signal.signal(signal.SIGTERM, self.previous_sigterm)
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
-def load_policy(path: str, device: torch.device) -> tuple[Policy, Normalizer, gym.Env]:
-    """Rebuild a saved policy, its observation statistics (fixed from now on) and its environment."""
+def load_checkpoint(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: a file runs no code
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint not found: {path}") from None
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
+    if not isinstance(state, dict) or state.get("algo") != ALGO:
+        raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
+    names, parts = {f.name for f in fields(Args)}, ("args", "spaces", "global_step", "policy")
+    if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
+        raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
+    try:
+        validate(Args(**state["args"]))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
+    if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
+        raise ValueError(f"{path} holds non-finite weights")
+    return state
+
+
+def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple:
+    """Greedy episodes of a saved policy on env_id (default: its own env; another must have the same spaces):
+    (mean, std) of the returns, and the env's id."""
     state = load_checkpoint(path)
-    args = state["args"]
-    env = make_env(args["env_id"])
-    if space_spec(env) != state["spaces"]:
-        raise ValueError(f"{path} was trained on spaces {state['spaces']}, which do not match {env.spec.id} here")
-    obs_dim = int(np.prod(env.observation_space.shape))
-    policy = Policy(obs_dim, env.action_space, args["hidden_size"]).to(device)
-    normalizer = Normalizer(env.observation_space.shape, 1, args["gamma"], args["norm_obs"], args["norm_reward"])
+    args = Args(**{**state["args"], "seed": seed, "device": device_name})
+    env = make_env(env_id or args.env_id)
+    if [str(env.observation_space), str(env.action_space)] != state["spaces"]:
+        raise ValueError(f"--env-id {env_id} has other spaces than {path} was trained on: {state['spaces']}")
+    device = setup(args)
+    policy = Policy(env.observation_space.shape[0], env.action_space, args.hidden_size).to(device)
+    normalizer = Normalizer(env.observation_space.shape, 1, args.gamma, args.norm_obs, args.norm_reward)
     try:
         policy.load_state_dict(state["policy"])
         normalizer.load_state_dict(state["normalizer"])
-    except (RuntimeError, KeyError, AttributeError):
+    except (RuntimeError, KeyError):
         raise ValueError(f"{path}: the weights do not fit the network its args describe") from None
-    return policy, normalizer, env
-
-
-def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto") -> tuple[float, float]:
-    """Run a saved policy greedily for `episodes` episodes on the env it was trained on; return (mean, std)."""
-    device = resolve_device(device_name)
-    policy, normalizer, env = load_policy(path, device)
     returns, steps = [], 0
     for k in range(episodes):
-        obs, _ = env.reset(seed=seed + k)
+        (obs, _), done, total = env.reset(seed=seed + k), False, 0.0
         check_finite(obs, 0.0, steps)
-        done, total = False, 0.0
         while not done:
-            obs = normalizer.obs(obs[None], update=False)
-            action = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device), greedy=True)[0][0]
-            action = action.cpu().numpy()
-            if not policy.discrete:
-                action = np.clip(action, env.action_space.low, env.action_space.high)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            steps += 1
+            obs = normalizer.obs(obs[None], update=False)[0]
+            action = policy.act(torch.as_tensor(obs[None], dtype=torch.float32, device=device), greedy=True)
+            obs, reward, terminated, truncated, _ = env.step(env_action(action[0].cpu().numpy(), env.action_space))
+            steps, total, done = steps + 1, total + float(reward), terminated or truncated
             check_finite(obs, reward, steps)  # the environment's fault, named as in training
-            total += float(reward)
-            done = terminated or truncated
         returns.append(total)
-    env.close()
-    return float(np.mean(returns)), float(np.std(returns))
+    return float(np.mean(returns)), float(np.std(returns)), env_id or args.env_id
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
+def validate(args: Args) -> None:
+    bounds = {"above": (operator.gt, ">"), "at_least": (operator.ge, ">="), "below": (operator.lt, "<"),
+              "at_most": (operator.le, "<=")}  # fmt: skip
+    for f in fields(args):
+        flag, value = "--" + f.name.replace("_", "-"), getattr(args, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number (got {value})")
+        for bound, (holds, words) in bounds.items():
+            if f.metadata[bound] is not None and not holds(value, f.metadata[bound]):
+                raise ValueError(f"{flag} must be {words} {f.metadata[bound]} (got {value})")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use cpu or auto")
+    for problem in args.problems():
+        raise ValueError(problem)
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit status 2, not argparse's usage dump
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_args(argv=None) -> Args:
-    parser = Parser(
-        prog="ppo.py",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = Parser(prog=f"{ALGO}.py", description=__doc__.split("\n")[0], allow_abbrev=False,
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     for f in fields(Args):
-        name, meta = "--" + f.name.replace("_", "-"), f.metadata
-        if isinstance(f.default, bool):  # --norm-adv / --no-norm-adv
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=f.default, help=meta["help"])
-        else:
-            kind = type(f.default)
-            parser.add_argument(name, type=kind, default=f.default, choices=meta["choices"], help=meta["help"])
-    return Args(**vars(parser.parse_args(argv)))
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
+        parser.add_argument("--" + f.name.replace("_", "-"), **kind, default=f.default, choices=f.metadata["choices"],
+                            help=f.metadata["help"])  # fmt: skip
+    args = Args(**vars(parser.parse_args(argv)))
     try:
         validate(args)
-        if args.eval:
-            mean, std = evaluate(args.eval, args.eval_episodes, args.seed, args.device)
-            print(f"eval {args.eval}: mean return {mean:.2f} +- {std:.2f} over {args.eval_episodes} episodes")
+        if args.eval:  # on the checkpoint's env, unless --env-id names another one with the same spaces
+            env_id = args.env_id if any(a.split("=")[0] == "--env-id" for a in argv) else ""
+            mean_return, std, env_id = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
+            print(
+                f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f}, {args.eval_episodes} runs"
+            )
         else:
             train(args)
     except ValueError as e:
-        print(f"ppo.py: error: {e}", file=sys.stderr)
+        print(f"{ALGO}.py: error: {e}", file=sys.stderr)
         return 2
     except EnvironmentNotFinite as e:  # in --eval (training reports its own, exits 1 and keeps its checkpoint)
-        what, steps = e.args
-        cause = f"the environment returned a non-finite {what} at evaluation step {steps}"
-        print(f"ppo.py: {cause}", file=sys.stderr)
+        print(f"{ALGO}.py: the environment returned a non-finite {e.args[0]} at evaluation step {e.args[1]}",
+              file=sys.stderr)  # fmt: skip
         return 1
-    except KeyboardInterrupt as e:  # the checkpoint and metrics are saved already
-        return 143 if isinstance(e, Terminated) else 130
+    except KeyboardInterrupt as e:  # a run's checkpoint and metrics are saved already
+        return 128 + (e.args[0] if e.args else signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     return 0
 
 

@@ -1,14 +1,17 @@
 """ppo.py: the clipped surrogate proved exactly where it is the policy gradient (theta = theta_old) and checked
 where it is not (the clip's zero gradients, by finite differences); the k3 KL diagnostic's expectation; the
-Gaussian path's log-probabilities and the normalisation statistics through a checkpoint and --eval; one
-epoch of one minibatch as the actor-critic step; update() as the hand-built steps, with every
-hyperparameter reaching it; then short runs.
+Gaussian path's log-probabilities; the normaliser's documented start and its statistics through a checkpoint and
+--eval; one epoch of one minibatch as the actor-critic step; update() as the hand-built steps, with every
+hyperparameter reaching it, and on two processes as one on their union; gae() on Gymnasium's bool flags and the
+refused minibatch of one; then short runs, and what train() feeds update(): the learning rate of the schedule, and
+the scaled rewards of --norm-reward.
 
 The exact tests use the recipe of tests/exact.py (grad J by finite differences of the exactly enumerated
 objective, against the exact expectation of the gradient of ppo.py's own policy_loss).
 """
 
 import copy
+import dataclasses
 
 import gymnasium as gym
 import numpy as np
@@ -25,10 +28,12 @@ from exact import (
     trajectory_log_probs,
     true_grad,
 )
+from processes import on_two_processes
 from runs import eval_mean_return, short_run_improves
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
+    flat_parameters,
     optimiser_step,
     rollout_batch,
 )
@@ -176,9 +181,9 @@ def test_box_rollout_stores_the_unclipped_sample_and_its_log_prob_while_the_env_
     for i in range(2):  # the env received the clipped action
         assert np.array_equal(np.stack(envs.envs[i].unwrapped.executed), actions[:, i].clamp(-1, 1).numpy())
     with torch.no_grad():
-        mean = policy.net(batch["obs"])
-        unclipped = ppo.gaussian_log_prob(mean, policy.log_std, actions)
-        clipped = ppo.gaussian_log_prob(mean, policy.log_std, actions.clamp(-1, 1))
+        dist = policy.dist(batch["obs"].reshape(-1, 3))
+        unclipped = dist.log_prob(actions.reshape(-1, 2)).reshape(6, 2)
+        clipped = dist.log_prob(actions.clamp(-1, 1).reshape(-1, 2)).reshape(6, 2)
     assert torch.allclose(batch["log_probs"], unclipped, atol=1e-5)
     assert ((batch["log_probs"] - clipped).abs()[outside] > 1e-3).all()  # float32 rounding is ~1e-6
 
@@ -195,12 +200,44 @@ def test_update_mean_var_merges_batches_into_the_pooled_mean_and_variance():
     np.testing.assert_allclose(var, everything.var(0), rtol=1e-12)
 
 
+def pooled_with_prior(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, population variance and count of samples [n, ...] pooled with the Normalizer's documented start, a
+    prior worth 1e-4 samples of mean 0 and variance 1 (Stable-Baselines3's RunningMeanStd), computed in one go."""
+    count = len(samples) + 1e-4
+    mean = samples.sum(0) / count
+    var = (1e-4 * (1.0 + mean**2) + ((samples - mean) ** 2).sum(0)) / count
+    return mean, var, count
+
+
+def test_the_normaliser_starts_from_mean_0_variance_1_count_1e_4_so_the_first_reward_is_not_blown_up():
+    """One env, the first steps: scaled r_t = clip(r_t / sqrt(var_t + 1e-8), -10, 10), var_t that of every
+    discounted return so far (R <- gamma R + r, reset after a done) pooled with the prior; the first reward,
+    0.05, scales to about 5 (a count-0 start has var_1 = 0 and clips it to 10). Observations likewise."""
+    gamma = 0.9
+    rewards, dones = [0.05, -0.02, 0.03, -0.04], [False, True, False, False]
+    normalizer = ppo.Normalizer((3,), 1, gamma, norm_obs=True, norm_reward=True)
+    running, returns, scaled = 0.0, [], []
+    for r, done in zip(rewards, dones, strict=True):
+        running = gamma * running + r
+        returns.append(running)
+        _, var, _ = pooled_with_prior(np.array(returns))
+        scaled.append(normalizer.reward(np.array([r]), np.array([done]))[0])
+        assert scaled[-1] == pytest.approx(np.clip(r / np.sqrt(var + 1e-8), -10, 10), rel=1e-9)
+        running = 0.0 if done else running
+    assert 4 < scaled[0] < 6
+    observations = np.random.default_rng(3).normal(size=(3, 1, 3))
+    for k, o in enumerate(observations):
+        mean, var, _ = pooled_with_prior(observations[: k + 1].reshape(-1, 3))
+        np.testing.assert_allclose(normalizer.obs(o), (o - mean) / np.sqrt(var + 1e-8), rtol=1e-9)
+
+
 def test_normalisation_statistics_are_those_of_training_and_survive_a_checkpoint_and_eval(
     tmp_path, monkeypatch, capsys
 ):
     """A short Pendulum-v1 run with --norm-obs --norm-reward: the checkpoint holds the pooled mean and variance
-    of every raw observation and every discounted return that training fed in; --eval normalises with exactly
-    those, frozen: the first observation its policy sees is (reset obs - mean) / sqrt(var + 1e-8)."""
+    of every raw observation and every discounted return that training fed in, with the documented prior;
+    --eval normalises with exactly those, frozen: the first observation its policy sees is
+    (reset obs - mean) / sqrt(var + 1e-8)."""
     fed = {"obs": [], "returns": []}
     real_update = ppo.update_mean_var
 
@@ -216,9 +253,10 @@ def test_normalisation_statistics_are_those_of_training_and_survive_a_checkpoint
     stats = ppo.load_checkpoint(str(run / "model.pt"))["normalizer"]
     for name in ("obs", "return"):
         seen = np.concatenate(fed[name if name == "obs" else "returns"])
-        assert stats[f"{name}_count"] == len(seen) and len(seen) > 500
-        np.testing.assert_allclose(stats[f"{name}_mean"].numpy(), seen.mean(0), rtol=1e-6)
-        np.testing.assert_allclose(stats[f"{name}_var"].numpy(), seen.var(0), rtol=1e-6)
+        mean, var, count = pooled_with_prior(seen)
+        assert stats[f"{name}_count"] == pytest.approx(count, rel=1e-12) and len(seen) > 500
+        np.testing.assert_allclose(stats[f"{name}_mean"].numpy(), mean, rtol=1e-6)
+        np.testing.assert_allclose(stats[f"{name}_var"].numpy(), var, rtol=1e-6)
 
     seen_by_policy = []
     real_act = ppo.Policy.act
@@ -244,7 +282,10 @@ def fixed_batch(policy, T=8, N=2, obs_dim=3, seed=1):
     """wiring.rollout_batch, with actions and their log-probabilities sampled from the policy (theta_old)."""
     batch = rollout_batch(seed, T, N, obs_dim)
     torch.manual_seed(seed)
-    actions, log_probs = policy.act(batch["obs"].reshape(T * N, obs_dim))
+    with torch.no_grad():
+        dist = policy.dist(batch["obs"].reshape(T * N, obs_dim))
+        actions = dist.sample()
+        log_probs = dist.log_prob(actions)
     batch["actions"], batch["log_probs"] = actions.reshape(T, N, *actions.shape[1:]), log_probs.reshape(T, N)
     return batch
 
@@ -255,22 +296,6 @@ def networks(space, obs_dim=3, hidden=8, seed=0):
 
 
 SPACES = {"discrete": gym.spaces.Discrete(3), "box": gym.spaces.Box(-1.0, 1.0, (2,))}
-
-
-class SGD:
-    """p <- p - lr * grad: the parameter change is the gradient itself, scaled."""
-
-    def __init__(self, params, lr):
-        self.params, self.lr = list(params), lr
-
-    def zero_grad(self):
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self):
-        for p in self.params:
-            p -= self.lr * p.grad
 
 
 @pytest.mark.parametrize("space", SPACES)
@@ -285,7 +310,7 @@ def test_one_epoch_of_one_minibatch_is_the_actor_critic_step(space):
     params = [*policy.parameters(), *value_net.parameters()]
     before = [p.detach().clone() for p in params]
     lr = 1e-3
-    ppo.update(policy, value_net, SGD(params, lr), batch, args)
+    ppo.update(policy, value_net, torch.optim.SGD(params, lr), batch, args)
     change = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(params, before, strict=True)])
 
     for p, b in zip(params, before, strict=True):
@@ -308,21 +333,19 @@ WIRING_ARGS = ppo.Args(num_envs=2, num_steps=8, update_epochs=3, num_minibatches
 
 
 def warmed_state(space):
-    """(policy, value_net, ppo.Adam, torch.optim.Adam with the same moments): the script's optimiser for
-    update(), torch's for the hand-built steps, both a few steps away from empty moments."""
+    """(policy, value_net, torch.optim.Adam with the script's eps), Adam a few steps away from empty moments."""
     policy, value_net = networks(SPACES[space])
-    optimizer = ppo.Adam([*policy.parameters(), *value_net.parameters()], lr=WIRING_ARGS.learning_rate)
+    params = [*policy.parameters(), *value_net.parameters()]
+    optimizer = torch.optim.Adam(params, lr=WIRING_ARGS.learning_rate, eps=1e-5)
     warm = ppo.Args(**{**WIRING_ARGS.__dict__, "update_epochs": 1})
     ppo.update(policy, value_net, optimizer, fixed_batch(policy, seed=9), warm)
-    reference = torch.optim.Adam(optimizer.params, lr=optimizer.lr, eps=optimizer.eps)
-    for p, m, v in zip(optimizer.params, optimizer.m, optimizer.v, strict=True):
-        reference.state[p] = {"step": torch.tensor(float(optimizer.k)), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
-    return policy, value_net, optimizer, reference
+    return policy, value_net, optimizer
 
 
 def run_update(state, args=WIRING_ARGS, seed=4):
-    policy, value_net, optimizer, _ = state
-    optimizer.lr = args.learning_rate
+    policy, value_net, optimizer = state
+    for group in optimizer.param_groups:
+        group["lr"] = args.learning_rate
     return ppo.update(policy, value_net, optimizer, fixed_batch(policy), args, torch.Generator().manual_seed(seed))
 
 
@@ -333,7 +356,7 @@ def hand_built_steps(args):
     target_kl."""
 
     def steps(state, seed=4):
-        policy, value_net, _, reference = state
+        policy, value_net, optimizer = state
         batch = {k: v.reshape(-1, *v.shape[2:]) for k, v in fixed_batch(policy).items()}
         with torch.no_grad():
             values, next_values = value_net(batch["obs"]), value_net(batch["next_obs"])
@@ -356,7 +379,7 @@ def hand_built_steps(args):
                     * ppo.value_loss(value_net(batch["obs"][idx]), targets[idx], old_values, args.clip_coef)
                     - args.ent_coef * entropy.mean()
                 )
-                optimiser_step(reference, loss, args.max_grad_norm)
+                optimiser_step(optimizer, loss, args.max_grad_norm)
 
     return steps
 
@@ -384,6 +407,72 @@ def test_every_hyperparameter_of_the_loss_reaches_update(space):
     assert_each_hyperparameter_changes_the_update(warmed_state(space), run_update, WIRING_ARGS, changes)
 
 
+def test_gae_takes_the_bool_arrays_gymnasium_returns_for_terminated_and_truncated():
+    batch = rollout_batch(2, T=6, N=3)
+    rewards, terminated, truncated = batch["rewards"], batch["terminated"], batch["truncated"]
+    values, next_values = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = ppo.gae(rewards, values, next_values, terminated, truncated, 0.9, 0.8)
+    assert terminated.any() and truncated.any()
+    for flags in ((terminated.bool(), truncated.bool()), (terminated.bool().numpy(), truncated.bool().numpy())):
+        assert torch.equal(ppo.gae(rewards, values, next_values, *flags, 0.9, 0.8), expected)
+
+
+def test_a_minibatch_of_one_step_is_refused_when_advantages_are_normalised(tmp_path, capsys):
+    """normalize() of one advantage is 0 / 0: with --norm-adv, minibatches of one step are bad input (exit 2, one
+    line naming --num-minibatches); with --no-norm-adv the same split trains."""
+    argv = ["--num-envs", "1", "--num-steps", "8", "--num-minibatches", "8", "--total-timesteps", "16"]
+    assert ppo.main([*argv, "--run-dir", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("ppo.py: error: --num-minibatches"), err
+    assert not (tmp_path / "refused").exists()
+    assert ppo.main([*argv, "--no-norm-adv", "--run-dir", str(tmp_path / "trains")]) == 0
+
+
+TWO_PROCESS_ARGS = dataclasses.replace(WIRING_ARGS, num_envs=4, num_minibatches=1)  # a minibatch: the union
+
+
+def update_on_a_share(rank: int, state: tuple) -> tuple[torch.Tensor, dict]:
+    """On process `rank` of 2: update() of state (warmed up on one process) on this process's 2 of the 4 envs."""
+    state = copy.deepcopy(state)  # the processes received the tensors in shared memory: step a private copy
+    batch = {k: v[:, 2 * rank : 2 * rank + 2] for k, v in fixed_batch(state[0], N=4).items()}
+    stats = ppo.update(*state, batch, TWO_PROCESS_ARGS, torch.Generator().manual_seed(4))
+    return flat_parameters(state), stats
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_update_on_two_processes_is_the_update_of_one_on_their_union(space):
+    """torchrun's split: each process has 2 of the 4 envs, and with one minibatch per epoch a minibatch is the
+    union of the processes' halves: the same parameters (averaged gradients, advantages normalised over the union)
+    and the same logged statistics as one process on all 4 envs (but the explained variance: rank 0's share's, as
+    in actor_critic.py)."""
+    state = warmed_state(space)
+    shares = on_two_processes(update_on_a_share, state)
+    stats = ppo.update(*state, fixed_batch(state[0], N=4), TWO_PROCESS_ARGS, torch.Generator().manual_seed(4))
+    for parameters, stats_of_share in shares:
+        assert_close(parameters, flat_parameters(state), rtol=1e-12)
+        del stats_of_share["explained_variance"]
+        assert stats_of_share == pytest.approx({k: v for k, v in stats.items() if k != "explained_variance"}, rel=1e-9)
+
+
+def normalise_a_share(rank: int) -> dict:
+    """On process `rank` of 2 (or of 1 if rank is None): a Normalizer fed its envs' part of 6 steps of 4 envs."""
+    envs = slice(None) if rank is None else slice(2 * rank, 2 * rank + 2)
+    normalizer = ppo.Normalizer((3,), 4 if rank is None else 2, 0.9, norm_obs=True, norm_reward=True)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        obs, rewards, done = rng.normal(size=(4, 3)), rng.normal(size=4), rng.random(4) < 0.3
+        normalizer.obs(obs[envs])
+        normalizer.reward(rewards[envs], done[envs])
+    return normalizer.state_dict()
+
+
+def test_the_normaliser_on_two_processes_has_the_statistics_of_all_envs():
+    one = normalise_a_share(None)
+    for two in on_two_processes(normalise_a_share):
+        for k in one:
+            assert_close(two[k], one[k], rtol=1e-12)
+
+
 def test_the_minibatches_of_an_epoch_are_a_permutation_of_the_batch():
     parts = ppo.minibatches(12, 3, torch.Generator().manual_seed(0))
     assert [len(p) for p in parts] == [4, 4, 4] and sorted(torch.cat(parts).tolist()) == list(range(12))
@@ -398,3 +487,75 @@ def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
         assert all(np.isfinite(float(r[column])) for r in rows), column
     assert max(float(r["clip_fraction"]) for r in rows) > 0 and min(float(r["approx_kl"]) for r in rows) >= 0
     assert eval_mean_return(ppo, tmp_path / "run" / "model.pt", capsys) > 100
+
+
+# ----------------------------------------------------------------------------------------------
+# h. What train() feeds update(): the learning rate each update applies, and the rewards it learns from
+# ----------------------------------------------------------------------------------------------
+def applied_learning_rates(monkeypatch, tmp_path, *argv: str) -> list[list[float]]:
+    """Train with argv; for each update, the learning rate that each of its optimiser steps applied, read from the
+    optimiser that update() was given at the moment it stepped."""
+    per_update = []
+    real_update = ppo.update
+
+    def spying_update(policy, value_net, optimizer, *rest, **kwargs):
+        rates, real_step = [], optimizer.step
+
+        def step(*a, **k):
+            rates.append(optimizer.param_groups[0]["lr"])
+            return real_step(*a, **k)
+
+        optimizer.step = step
+        try:
+            return real_update(policy, value_net, optimizer, *rest, **kwargs)
+        finally:
+            del optimizer.step
+            per_update.append(rates)
+
+    monkeypatch.setattr(ppo, "update", spying_update)
+    short = ["--total-timesteps", "256", "--num-envs", "2", "--num-steps", "16", "--update-epochs", "2"]
+    assert ppo.main([*short, "--num-minibatches", "2", "--run-dir", str(tmp_path / "run"), *argv]) == 0
+    return per_update
+
+
+@pytest.mark.parametrize("anneal", [True, False], ids=["anneal-lr", "no-anneal-lr"])
+def test_each_update_applies_the_documented_learning_rate(anneal, monkeypatch, tmp_path):
+    """256 steps in batches of 2 x 16: 8 updates of 2 epochs x 2 minibatches. Update k (from 0) steps with
+    learning_rate * (1 - k / 8), from learning_rate down to learning_rate / 8; --no-anneal-lr: learning_rate."""
+    lr, updates = 0.003, 8
+    rates = applied_learning_rates(
+        monkeypatch, tmp_path, "--learning-rate", str(lr), "--anneal-lr" if anneal else "--no-anneal-lr"
+    )
+    expected = [lr * (1 - k / updates) if anneal else lr for k in range(updates)]
+    assert [len(r) for r in rates] == [4] * updates
+    for k, (applied, want) in enumerate(zip(rates, expected, strict=True)):
+        assert applied == pytest.approx([want] * 4, rel=1e-12), f"update {k}"
+
+
+def test_with_norm_reward_the_advantages_are_computed_from_the_scaled_rewards(monkeypatch, tmp_path):
+    """Pendulum-v1 (rewards in [-16.3, 0]) with --norm-reward: the rewards that gae() receives at each update are
+    the normaliser's outputs for that rollout's steps, in order, and far from the raw rewards."""
+    raw, scaled, given_to_gae = [], [], []
+    real_reward, real_gae = ppo.Normalizer.reward, ppo.gae
+
+    def recording_reward(self, rewards, *rest):
+        out = real_reward(self, rewards, *rest)
+        raw.append(np.array(rewards, dtype=np.float64))
+        scaled.append(np.array(out, dtype=np.float64))
+        return out
+
+    def recording_gae(rewards, *rest):
+        given_to_gae.append(rewards.detach().double().cpu())
+        return real_gae(rewards, *rest)
+
+    monkeypatch.setattr(ppo.Normalizer, "reward", recording_reward)
+    monkeypatch.setattr(ppo, "gae", recording_gae)
+    argv = ["--env-id", "Pendulum-v1", "--total-timesteps", "384", "--num-envs", "2", "--num-steps", "64"]
+    assert ppo.main([*argv, "--norm-reward", "--update-epochs", "1", "--run-dir", str(tmp_path / "run")]) == 0
+    T = 64
+    assert len(given_to_gae) == 3 and len(scaled) == 3 * T
+    for k, rewards in enumerate(given_to_gae):
+        steps = slice(k * T, (k + 1) * T)
+        expected, unscaled = torch.tensor(np.stack(scaled[steps])), torch.tensor(np.stack(raw[steps]))
+        assert_close(rewards, expected, rtol=1e-6)
+        assert (rewards - unscaled).abs().max() > 1.0
