@@ -136,26 +136,29 @@ class Policy(nn.Module):
         if not self.discrete:
             self.log_std = nn.Parameter(torch.zeros(n_out))
 
-    def dist(self, obs: torch.Tensor) -> torch.distributions.Distribution:
-        """pi(.|s) for a batch [B, obs_dim]: batch shape [B], event shape [] (Discrete) or [D] (Box)."""
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor, out=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]; out: self.net(obs), if already at hand.
+        (torch.distributions computes the same, at several times the cost for networks this small.)"""
+        out = self.net(obs) if out is None else out
+        if self.discrete:
+            log_p = out.log_softmax(-1)
+            return log_p.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
+        z = (action - out) * torch.exp(-self.log_std)
+        log_prob = (-0.5 * z.pow(2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return log_prob, (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum(-1).expand(len(obs))
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample a ~ pi(.|s), or take its mode when greedy; with log pi(a|s), which the ratio will divide by.
+        [B, obs_dim] -> action [B] or [B, D], log-probability [B]."""
         out = self.net(obs)
         if not torch.isfinite(out).all():
             raise FloatingPointError("policy output")
         if self.discrete:
-            return torch.distributions.Categorical(logits=out, validate_args=False)
-        normal = torch.distributions.Normal(out, self.log_std.exp(), validate_args=False)
-        return torch.distributions.Independent(normal, 1, validate_args=False)
-
-    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]."""
-        dist = self.dist(obs)
-        return dist.log_prob(action), dist.entropy()
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
-        """Sample a ~ pi(.|s), or take its mode when greedy. [B, obs_dim] -> [B] or [B, D]."""
-        dist = self.dist(obs)
-        return dist.mode if greedy else dist.sample()
+            action = out.argmax(-1) if greedy else torch.multinomial(out.softmax(-1), 1).squeeze(-1)
+        else:
+            action = out if greedy else out + torch.exp(self.log_std) * torch.randn_like(out)
+        return action, self.log_prob_entropy(obs, action, out)[0]  # of the unclipped sample of a Box
 
 
 class ValueNet(nn.Module):
@@ -343,11 +346,8 @@ def rollout(envs, policy: Policy, carry: dict, num_steps: int, device, on_episod
     check_finite(carry["obs"], 0.0, 0)  # from reset() before the first rollout (no reward), else checked already
     for t in range(num_steps):
         obs = carry["obs"]
-        with torch.no_grad():
-            dist = policy.dist(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            actions = dist.sample()
-            log_probs = dist.log_prob(actions).cpu().numpy()  # of the sample, before a Box action is clipped
-        actions = actions.cpu().numpy()
+        actions, log_probs = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        actions, log_probs = actions.cpu().numpy(), log_probs.cpu().numpy()  # of the sample, before any clip
         next_obs, rewards, terminated, truncated, infos = envs.step(env_action(actions, envs.single_action_space))
         done = terminated | truncated
         true_next_obs = next_obs.copy()  # next_obs of an ended episode is already the next one's reset obs
@@ -649,7 +649,7 @@ def load_checkpoint(path: str) -> dict:
     if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
         raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
     try:
-        validate(Args(**state["args"]))
+        validate(Args(**{**state["args"], "device": "auto"}))  # trained on CUDA, evaluated where there is none
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
@@ -680,7 +680,7 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env
         check_finite(obs, 0.0, steps)
         while not done:
             obs = normalizer.obs(obs[None], update=False)[0]
-            action = policy.act(torch.as_tensor(obs[None], dtype=torch.float32, device=device), greedy=True)
+            action, _ = policy.act(torch.as_tensor(obs[None], dtype=torch.float32, device=device), greedy=True)
             obs, reward, terminated, truncated, _ = env.step(env_action(action[0].cpu().numpy(), env.action_space))
             steps, total, done = steps + 1, total + float(reward), terminated or truncated
             check_finite(obs, reward, steps)  # the environment's fault, named as in training

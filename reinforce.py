@@ -459,16 +459,8 @@ class Run:
         print(f"{ALGO} on {self.args.env_id} | {self.world} process(es) | run dir {self.dir}")
 
     def on_episode_end(self, episode_return: float, length: int, steps_so_far: int) -> None:
-        now = round(time.time() - self.start, 3)
-        print(
-            self.global_step + steps_so_far * self.world,
-            now,
-            episode_return,
-            length,
-            sep=",",
-            file=self.episodes,
-            flush=True,
-        )
+        step, now = self.global_step + steps_so_far * self.world, round(time.time() - self.start, 3)
+        print(step, now, episode_return, length, sep=",", file=self.episodes, flush=True)
         self.returns.append(episode_return)
         self.lengths.append(length)
 
@@ -539,7 +531,7 @@ def load_checkpoint(path: str) -> dict:
     if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
         raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
     try:
-        validate(Args(**state["args"]))
+        validate(Args(**{**state["args"], "device": "auto"}))  # trained on CUDA, evaluated where there is none
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
@@ -611,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             env_id = args.env_id if any(a.split("=")[0] == "--env-id" for a in argv) else ""
             mean_return, std, env_id = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
             print(
-                f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f} ({args.eval_episodes} ep.)"
+                f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f}, {args.eval_episodes} runs"
             )
         else:
             train(args)

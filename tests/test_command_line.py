@@ -58,7 +58,7 @@ GRPO_SCRIPT = {  # what grpo.py and dr_grpo.py share
     "short": ["--total-updates", "3", "--prompts-per-update", "4", "--group-size", "3", "--num-iterations", "1"],
     "long": ["--total-updates", "100000000"],
     "loss": "grpo_loss",
-    "step": "update",
+    "step": "global_step",
     "clock": {"wall_time", "tokens_per_second"},
 }
 SCRIPTS = {

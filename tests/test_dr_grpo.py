@@ -6,6 +6,7 @@ weight that depends on a prompt's success rate, and no pull on how long a comple
 """
 
 import math
+import re
 from dataclasses import fields
 
 import pytest
@@ -22,7 +23,15 @@ from exact import (
     one_group_per_prompt,
 )
 from runs import short_grpo_run_learns_and_eval_reloads
-from test_grpo import EPS, WIRING_ARGS, grpo_advantage, grpo_state
+from test_grpo import (
+    EPS,
+    KL_DIRECTIONS,
+    WIRING_ARGS,
+    assert_kl_penalty_gradient,
+    assert_learning_rate_is_constant,
+    grpo_advantage,
+    grpo_state,
+)
 from wiring import assert_each_hyperparameter_changes_the_update, assert_update_is_hand_built_steps, optimiser_step
 
 import dr_grpo
@@ -269,3 +278,47 @@ def test_every_hyperparameter_of_the_loss_reaches_update():
 def test_short_run_learns_and_eval_reloads(tmp_path):
     """60 updates where grpo.py's test takes 40: with beta = 0 and no std division, seed 1 is at 0.455 after 40."""
     short_grpo_run_learns_and_eval_reloads("dr_grpo", tmp_path, updates=60)
+
+
+# ----------------------------------------------------------------------------------------------
+# e. What the docstring states: the defaults, the KL penalty, the learning rate
+# ----------------------------------------------------------------------------------------------
+def stated_defaults(doc: str) -> dict[str, str]:
+    """Every default the docstring states: each `--flag value` of its paragraph that starts with "Defaults",
+    and each "<name> defaults to <value>" anywhere in it. Keys are Args field names."""
+    paragraph = doc.split("\nDefaults", 1)[1].split("\n\n", 1)[0]
+    flags = re.findall(r"--([a-z][a-z-]*) ([^\s,()]+)", paragraph)
+    prose = re.findall(r"\b([a-z_]+) defaults to ([^\s,;]+)", doc)
+    return {name.replace("-", "_"): value.rstrip(".") for name, value in flags + prose}
+
+
+def test_defaults_are_the_ones_the_docstring_states():
+    """The docstring's stated defaults, every one, equal Args's: changing a default without its docstring fails.
+    And it states each default of the loss and of the schedule, beta = 0 first (the paper's, not grpo.py's)."""
+    stated = stated_defaults(dr_grpo.__doc__)
+    loss = {"beta", "kl_estimator", "clip_eps", "num_iterations", "group_size", "max_completion_len", "learning_rate"}
+    assert loss <= set(stated), f"the docstring does not state {loss - set(stated)}"
+    defaults = dr_grpo.Args()
+    for name, value in stated.items():
+        default = getattr(defaults, name)
+        assert default == type(default)(value), f"the docstring says {name} = {value}, Args has {default!r}"
+    assert defaults.beta == 0.0 != grpo.Args().beta
+
+
+@pytest.mark.parametrize("estimator, direction", KL_DIRECTIONS)
+def test_kl_penalty_gradient(estimator, direction):
+    """dr_grpo.py's own kl_penalty() and grpo_loss(): with max_len = T = 3 and A = 0, T times the loss of a
+    one-token completion has the expected gradient beta grad KL(pi_ref || pi) (k3) or beta grad KL(pi || pi_ref)
+    (k2): the penalty pulls toward pi_ref, divided by the constant T like every token's term."""
+    T = 3
+
+    def loss(lp, ref_lp, beta):
+        one = torch.ones(1, 1, 1, dtype=F64)
+        return T * dr_grpo.grpo_loss(lp, lp.detach(), ref_lp, torch.zeros(1, 1, dtype=F64), one, T, beta=beta,
+                                     kl_estimator=estimator)  # fmt: skip
+
+    assert_kl_penalty_gradient(dr_grpo, estimator, direction, loss)
+
+
+def test_learning_rate_is_the_same_for_every_update(monkeypatch, tmp_path):
+    assert_learning_rate_is_constant(dr_grpo, monkeypatch, tmp_path)

@@ -7,6 +7,10 @@ measure how far it is from the true grad J (computed by finite differences of th
 import copy
 import itertools
 import math
+import os
+import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -190,10 +194,15 @@ def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p * (p.log() - q.log())).sum()
 
 
-@pytest.mark.parametrize("estimator, direction", [("k3", "forward"), ("k2", "reverse")])
-def test_kl_penalty_gradient(estimator, direction):
-    """One token drawn from pi over 5 values, the loss grpo_loss(A = 0, beta): its expected gradient is
-    beta grad KL(pi_ref || pi) for k3 (forward KL) and beta grad KL(pi || pi_ref) for k2 (reverse KL)."""
+KL_DIRECTIONS = [("k3", "forward"), ("k2", "reverse")]
+
+
+def assert_kl_penalty_gradient(module, estimator: str, direction: str, loss_of_one_token) -> None:
+    """One token drawn from pi over 5 values, loss_of_one_token(lp, ref_lp, beta) = N * the script's loss with
+    A = 0 and that beta, N its normaliser for a one-token completion (1 in grpo.py, T in dr_grpo.py). Its
+    expected gradient is beta grad KL(pi_ref || pi) for k3 (forward KL) and beta grad KL(pi || pi_ref) for k2
+    (reverse KL): a positive beta pulls pi toward pi_ref. In value, E_pi[k3] = KL(pi || pi_ref), the reverse
+    KL, and the script's kl_penalty() is >= 0 for every token, 0 where pi = pi_ref."""
     beta = 0.04
     gen = torch.Generator().manual_seed(0)
     theta = torch.randn(5, generator=gen, dtype=F64, requires_grad=True)
@@ -202,10 +211,7 @@ def test_kl_penalty_gradient(estimator, direction):
     logp = pi.log()
 
     def loss(token):
-        lp = logp[token].view(1, 1, 1)
-        ref_lp = ref[token].log().view(1, 1, 1)
-        return grpo.grpo_loss(lp, lp.detach(), ref_lp, torch.zeros(1, 1, dtype=F64), torch.ones(1, 1, 1, dtype=F64),
-                              beta=beta, kl_estimator=estimator)  # fmt: skip
+        return loss_of_one_token(logp[token].view(1, 1, 1), ref[token].log().view(1, 1, 1), beta)
 
     grad = expected_grad(theta, [(x, pi[x]) for x in range(5)], loss)
     forward = fd_grad(lambda t: beta * kl(ref, torch.softmax(t, -1)), theta)
@@ -213,9 +219,20 @@ def test_kl_penalty_gradient(estimator, direction):
     right, wrong = (forward, reverse) if direction == "forward" else (reverse, forward)
     assert_close(grad, right)
     assert (grad - wrong).norm() > 0.1 * wrong.norm(), "the two KL directions should differ here"
+    per_token = module.kl_penalty(logp, ref.log(), estimator)
+    assert (per_token >= 0).all() and module.kl_penalty(ref.log(), ref.log(), estimator).abs().max() == 0
     if estimator == "k3":  # in value, k3 estimates the reverse KL: E_pi[k3] = KL(pi || pi_ref)
-        k3 = grpo.kl_penalty(logp, ref.log(), "k3")
-        assert_close((pi * k3).sum(), kl(pi, ref), rtol=1e-12)
+        assert_close((pi * per_token).sum(), kl(pi, ref), rtol=1e-12)
+
+
+@pytest.mark.parametrize("estimator, direction", KL_DIRECTIONS)
+def test_kl_penalty_gradient(estimator, direction):
+    def loss(lp, ref_lp, beta):
+        one = torch.ones(1, 1, 1, dtype=F64)
+        return grpo.grpo_loss(lp, lp.detach(), ref_lp, torch.zeros(1, 1, dtype=F64), one, beta=beta,
+                              kl_estimator=estimator)  # fmt: skip
+
+    assert_kl_penalty_gradient(grpo, estimator, direction, loss)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +276,7 @@ def test_sampled_logprobs_match_a_forward_pass():
         policy.head.bias[grpo.EOS] = 1.5
     task = grpo.Task("sum", torch.device("cpu"))
     prompts = task.train_prompts[:16]
-    batch = grpo.sample(policy, prompts, 4, args.max_completion_len, torch.Generator().manual_seed(1))
+    batch = grpo.sample(policy, prompts, 4, args.max_completion_len, grpo.EOS, torch.Generator().manual_seed(1))
     completions, mask = batch["completions"], batch["mask"]
     lengths = mask.sum(-1)
     assert lengths.min() < args.max_completion_len and (lengths == args.max_completion_len).any()
@@ -271,6 +288,29 @@ def test_sampled_logprobs_match_a_forward_pass():
     with torch.no_grad():
         recomputed = grpo.token_logprobs(policy, prompts, completions)
     assert_close(recomputed * mask, batch["logp"] * mask, rtol=1e-10)
+
+
+@pytest.mark.parametrize("module", [grpo, dr_grpo], ids=["grpo", "dr_grpo"])
+def test_sample_ends_completions_at_the_eos_it_is_given(module):
+    """sample(..., eos, ...) with another token as end-of-sequence (FILLER) than the task's EOS, which is made
+    likely too: each completion ends at its first FILLER, not at an EOS, is padded with FILLER, its mask is
+    completion_mask(completions, FILLER); and when every completion ends before T, the padding holds FILLER."""
+    torch.manual_seed(0)
+    policy = module.make_policy(module.Args(max_completion_len=6, d_model=16, n_layers=1, n_heads=2)).to(F64)
+    eos, other = module.FILLER, module.EOS
+    prompts = module.Task("max", torch.device("cpu")).train_prompts[:16]
+    for bias, all_end_early in ((1.0, False), (4.0, True)):
+        with torch.no_grad():
+            policy.head.bias[eos], policy.head.bias[other] = bias, 1.0
+        batch = module.sample(policy, prompts, 4, 6, eos, torch.Generator().manual_seed(1))
+        completions, mask = batch["completions"].view(-1, 6), batch["mask"].view(-1, 6)
+        assert torch.equal(mask, module.completion_mask(completions, eos))
+        seqs = completions.tolist()
+        assert any(other in seq[: seq.index(eos) if eos in seq else 6] for seq in seqs), "an EOS inside a completion"
+        ends = [seq.index(eos) + 1 if eos in seq else 7 for seq in seqs]
+        assert (max(ends) < 6) == all_end_early, "the premise: every completion ends before T, so sample() pads"
+        for seq, end in zip(seqs, ends, strict=True):
+            assert seq[end:] == [eos] * (6 - end)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,7 +494,7 @@ def wiring_batch(policy, seed: int, B: int = 3, G: int = 4) -> dict[str, torch.T
     task = grpo.Task("max", torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     prompts, answers = task.training_batch(B, gen)
-    batch = grpo.sample(policy, prompts, G, WIRING_ARGS.max_completion_len, gen)
+    batch = grpo.sample(policy, prompts, G, WIRING_ARGS.max_completion_len, grpo.EOS, gen)
     rewards = (torch.rand(B, G, generator=gen) < 0.5).float()  # random, so that every group has an advantage
     with torch.no_grad():
         batch["ref_logp"] = grpo.token_logprobs(tiny_policy(seed + 100), prompts, batch["completions"])
@@ -503,7 +543,7 @@ def test_sampled_tokens_follow_the_stored_log_probabilities(module):
     policy = tiny_policy(0)
     prompt = module.Task("max", torch.device("cpu")).train_prompts[:1]
     n = 20_000
-    batch = module.sample(policy, prompt, n, 2, torch.Generator().manual_seed(5))
+    batch = module.sample(policy, prompt, n, 2, module.EOS, torch.Generator().manual_seed(5))
     tokens, logp = batch["completions"][0], batch["logp"][0]  # [n, 2]
 
     def check(sampled, stored_logp):
@@ -550,3 +590,149 @@ def test_train_hands_update_the_sampler_logp_the_initial_reference_and_its_advan
     monkeypatch.setattr(module, "update", checked_update)
     module.train(args)
     assert seen["calls"] == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# j. The learning rate each update applies: constant, the documented schedule
+# ----------------------------------------------------------------------------------------------
+def assert_learning_rate_is_constant(module, monkeypatch, tmp_path) -> None:
+    """Through train() itself, for 4 updates: every optimiser update() is handed holds --learning-rate in every
+    param group (a value no default has, so a hard-coded rate would show), the schedule the script documents:
+    none, the same step size for every update."""
+    learning_rate = 0.0123
+    assert "the same for every update" in module.Args.__dataclass_fields__["learning_rate"].metadata["help"]
+    args = module.Args(total_updates=4, prompts_per_update=2, group_size=2, max_completion_len=2, d_model=8,
+                       n_layers=1, n_heads=1, learning_rate=learning_rate, run_dir=str(tmp_path))  # fmt: skip
+    real_update, applied = module.update, []
+
+    def recording_update(policy, optimizer, batch, args):
+        assert isinstance(optimizer, torch.optim.Optimizer)
+        applied.append([group["lr"] for group in optimizer.param_groups])
+        return real_update(policy, optimizer, batch, args)
+
+    monkeypatch.setattr(module, "update", recording_update)
+    module.train(args)
+    assert len(applied) == args.total_updates
+    assert all(rates == [learning_rate] * len(rates) for rates in applied), applied
+
+
+def test_learning_rate_is_the_same_for_every_update(monkeypatch, tmp_path):
+    assert_learning_rate_is_constant(grpo, monkeypatch, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# k. Misuse: the limits of one update, run directories, checkpoints this script did not write
+# ----------------------------------------------------------------------------------------------
+BOTH = pytest.mark.parametrize("module", [grpo, dr_grpo], ids=["grpo", "dr_grpo"])
+TINY = ["--prompts-per-update", "2", "--group-size", "2", "--max-completion-len", "2", "--d-model", "8", "--n-layers",
+        "1", "--n-heads", "1", "--num-iterations", "1"]  # fmt: skip
+
+
+def largest_update(module) -> dict[str, int]:
+    """The most work one update may do at the default width and depth: the longest completions, and as many prompts
+    as the bound on tokens x layers x width^2 allows."""
+    T, G = module.MAX_COMPLETION_LEN, 8
+    B = module.MAX_WORK // (G * (module.NUM_DIGITS + 1 + T) * 2 * 64**2)
+    return {"max_completion_len": T, "group_size": G, "prompts_per_update": B}
+
+
+def flags(settings: dict) -> list[str]:
+    return [x for name, value in settings.items() for x in ("--" + name.replace("_", "-"), str(value))]
+
+
+def refused(module, argv: list[str], capsys) -> str:
+    """main(argv) exits 2 with one line on stderr and no traceback; that line."""
+    assert module.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@BOTH
+def test_the_limits_of_one_update_are_bad_input(module, tmp_path, capsys):
+    """--max-completion-len above MAX_COMPLETION_LEN, and one prompt more than the largest update allows: one line
+    that names the flag and the limit, exit 2, nothing written. The largest update itself is accepted."""
+    limit, largest = module.MAX_COMPLETION_LEN, largest_update(module)
+    cheap = ["--total-updates", "1", "--num-iterations", "1", "--run-dir", str(tmp_path / "run")]  # if not refused
+    err = refused(module, ["--max-completion-len", str(limit + 1), *TINY[:4], *cheap], capsys)
+    assert "--max-completion-len" in err and f"<= {limit}" in err, err
+    module.validate(module.Args(**largest))
+    one_more = {**largest, "prompts_per_update": largest["prompts_per_update"] + 1, "d_model": 8, "n_heads": 1}
+    err = refused(module, [*flags(one_more), *cheap], capsys)  # width 8 counts as 64: still too much work
+    assert "--prompts-per-update" in err and str(module.MAX_WORK) in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@BOTH
+def test_sigterm_during_the_largest_backward_pass_ends_the_run_within_seconds(module, monkeypatch, tmp_path):
+    """The longest stretch in which Python cannot run a signal handler is one backward pass of update(). At the
+    largest update the bounds allow (sampling replaced by random completions of full length, so the test need not
+    wait for it), a SIGTERM sent during the first backward pass ends the run, saved, with exit status 143 within
+    20 seconds, and leaves no temporary file."""
+    real_backward, in_backward, sent = torch.Tensor.backward, threading.Event(), []
+
+    def backward(self, *args, **kwargs):
+        in_backward.set()
+        return real_backward(self, *args, **kwargs)
+
+    def full_length_sample(policy, prompts, group_size, max_len, eos, generator, greedy=False):
+        completions = torch.randint(0, eos, (len(prompts), group_size, max_len), generator=generator)  # no eos
+        with torch.no_grad():
+            logp = module.token_logprobs(policy, prompts, completions)
+        return {
+            "completions": completions,
+            "logp": logp,
+            "mask": torch.ones_like(logp),
+            "entropy": torch.zeros_like(logp),
+        }
+
+    def terminate():
+        if in_backward.wait(timeout=300):
+            time.sleep(0.5)  # well inside the backward pass, which takes seconds here
+            sent.append(time.time())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    monkeypatch.setattr(module, "sample", full_length_sample)
+    threading.Thread(target=terminate, daemon=True).start()
+    run = tmp_path / "run"
+    argv = [*flags(largest_update(module)), "--num-iterations", "1", "--log-interval", "1000", "--run-dir", str(run)]
+    assert module.main(argv) == 143
+    assert time.time() - sent[0] < 20, f"SIGTERM took {time.time() - sent[0]:.1f} s to act"
+    assert sorted(os.listdir(run)) == ["groups.csv", "metrics.csv", "model.pt"]
+    assert module.load_checkpoint(str(run / "model.pt"))["global_step"] == 0
+
+
+@BOTH
+@pytest.mark.parametrize("damage", ["a negative beta", "a length over the limit", "a string for a number",
+                                    "no weights"])  # fmt: skip
+def test_a_checkpoint_this_script_did_not_write_is_refused(module, damage, tmp_path, capsys):
+    """Beyond tests/test_command_line.py's damaged checkpoints: args that fail validate(), or no weights. --eval
+    exits 2 with one line naming the file, no traceback."""
+    run = tmp_path / "run"
+    assert module.main([*TINY, "--total-updates", "1", "--run-dir", str(run)]) == 0
+    state = torch.load(run / "model.pt", weights_only=True)
+    if damage == "a string for a number":
+        state["args"]["group_size"] = "8"
+    elif damage == "a negative beta":
+        state["args"]["beta"] = -1.0
+    elif damage == "a length over the limit":
+        state["args"]["max_completion_len"] = 100_000
+    else:
+        del state["policy"]
+    torch.save(state, tmp_path / "damaged.pt")
+    capsys.readouterr()
+    err = refused(module, ["--eval", str(tmp_path / "damaged.pt")], capsys)
+    assert str(tmp_path / "damaged.pt") in err, err
+
+
+@BOTH
+def test_a_checkpoint_trained_on_cuda_evaluates_on_a_cpu(module, tmp_path, capsys):
+    """The device is where a run trained, not part of what the checkpoint is: --device cuda in its args does not make
+    --eval --device cpu refuse it where CUDA is missing."""
+    run = tmp_path / "run"
+    assert module.main([*TINY, "--total-updates", "1", "--run-dir", str(run)]) == 0
+    state = torch.load(run / "model.pt", weights_only=True)
+    state["args"]["device"] = "cuda"
+    torch.save(state, tmp_path / "cuda.pt")
+    assert module.main(["--eval", str(tmp_path / "cuda.pt"), "--device", "cpu"]) == 0, capsys.readouterr().err

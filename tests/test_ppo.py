@@ -181,9 +181,9 @@ def test_box_rollout_stores_the_unclipped_sample_and_its_log_prob_while_the_env_
     for i in range(2):  # the env received the clipped action
         assert np.array_equal(np.stack(envs.envs[i].unwrapped.executed), actions[:, i].clamp(-1, 1).numpy())
     with torch.no_grad():
-        dist = policy.dist(batch["obs"].reshape(-1, 3))
-        unclipped = dist.log_prob(actions.reshape(-1, 2)).reshape(6, 2)
-        clipped = dist.log_prob(actions.clamp(-1, 1).reshape(-1, 2)).reshape(6, 2)
+        unclipped = policy.log_prob_entropy(batch["obs"].reshape(-1, 3), actions.reshape(-1, 2))[0].reshape(6, 2)
+        clipped = policy.log_prob_entropy(batch["obs"].reshape(-1, 3), actions.clamp(-1, 1).reshape(-1, 2))[0]
+        clipped = clipped.reshape(6, 2)
     assert torch.allclose(batch["log_probs"], unclipped, atol=1e-5)
     assert ((batch["log_probs"] - clipped).abs()[outside] > 1e-3).all()  # float32 rounding is ~1e-6
 
@@ -282,10 +282,7 @@ def fixed_batch(policy, T=8, N=2, obs_dim=3, seed=1):
     """wiring.rollout_batch, with actions and their log-probabilities sampled from the policy (theta_old)."""
     batch = rollout_batch(seed, T, N, obs_dim)
     torch.manual_seed(seed)
-    with torch.no_grad():
-        dist = policy.dist(batch["obs"].reshape(T * N, obs_dim))
-        actions = dist.sample()
-        log_probs = dist.log_prob(actions)
+    actions, log_probs = policy.act(batch["obs"].reshape(T * N, obs_dim))
     batch["actions"], batch["log_probs"] = actions.reshape(T, N, *actions.shape[1:]), log_probs.reshape(T, N)
     return batch
 
