@@ -119,23 +119,35 @@ class Policy(nn.Module):
         if not self.discrete:
             self.log_std = nn.Parameter(torch.zeros(n_out))
 
-    def dist(self, obs: torch.Tensor) -> torch.distributions.Distribution:
-        """pi(.|s) for a batch [B, obs_dim]: batch shape [B], event shape [] (Discrete) or [D] (Box)."""
+    def log_prob_entropy(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, obs_dim], [B] or [B, D] -> log pi(a|s) [B], entropy [B]. (torch.distributions computes the same,
+        at several times the cost for networks this small.)"""
         out = self.net(obs)
-        if not torch.isfinite(out).all():
-            raise FloatingPointError("policy output")
+        if self.discrete:
+            log_p = out.log_softmax(-1)
+            return log_p.gather(-1, action.long().unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
+        z = (action - out) * torch.exp(-self.log_std)
+        log_prob = (-0.5 * z.pow(2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return log_prob, (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum(-1).expand(len(obs))
+
+    def forward(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        """pi(.|s) for a batch [B, obs_dim] as a torch distribution (batch shape [B]), for the trust-region step: its
+        KL in closed form, and torch.func.functional_call(policy, parameters, (obs,)) gives it at other parameters."""
+        out = self.net(obs)
         if self.discrete:
             return torch.distributions.Categorical(logits=out, validate_args=False)
         normal = torch.distributions.Normal(out, self.log_std.exp(), validate_args=False)
         return torch.distributions.Independent(normal, 1, validate_args=False)
 
-    forward = dist  # so that torch.func.functional_call(policy, parameters, (obs,)) is pi(.|s) at other parameters
-
     @torch.no_grad()
     def act(self, obs: torch.Tensor, greedy: bool = False) -> torch.Tensor:
         """Sample a ~ pi(.|s), or take its mode when greedy. [B, obs_dim] -> [B] or [B, D]."""
-        dist = self.dist(obs)
-        return dist.mode if greedy else dist.sample()
+        out = self.net(obs)
+        if not torch.isfinite(out).all():
+            raise FloatingPointError("policy output")
+        if self.discrete:
+            return out.argmax(-1) if greedy else torch.multinomial(out.softmax(-1), 1).squeeze(-1)
+        return out if greedy else out + torch.exp(self.log_std) * torch.randn_like(out)
 
 
 class ValueNet(nn.Module):
@@ -314,7 +326,7 @@ def policy_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advant
     g, x = CG(F + damping I, g), the full step, the line search. Sets the policy's parameters; returns the record."""
     theta_old = nn.utils.parameters_to_vector(policy.parameters()).detach()
     with torch.no_grad():
-        old_dist = policy.dist(obs)  # pi_old: constants
+        old_dist = policy(obs)  # pi_old: constants
         old_log_probs = old_dist.log_prob(actions)
 
     def dist_at(theta: torch.Tensor) -> torch.distributions.Distribution:
@@ -361,7 +373,7 @@ def update(policy, value_net, optimizer, batch, args: Args) -> dict[str, float]:
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731  [T, N, ...] -> [T*N, ...]
     obs, actions, flat_targets = flat(batch["obs"]), flat(batch["actions"]), flat(targets)
     with torch.no_grad():
-        entropy = policy.dist(obs).entropy().mean().item()
+        entropy = policy.log_prob_entropy(obs, actions)[1].mean().item()
     record = policy_step(policy, obs, actions, flat(advantages), args)
     for _ in range(args.vf_epochs):
         losses = []
@@ -588,7 +600,7 @@ def load_checkpoint(path: str) -> dict:
     if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
         raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
     try:
-        validate(Args(**state["args"]))
+        validate(Args(**{**state["args"], "device": "auto"}))  # trained on CUDA, evaluated where there is none
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
