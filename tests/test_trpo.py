@@ -123,6 +123,23 @@ def test_gae_takes_the_bool_arrays_gymnasium_returns():
 # ----------------------------------------------------------------------------------------------
 # a. The Fisher-vector product
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("action_space", [DISCRETE, BOX], ids=["categorical", "gaussian"])
+def test_forward_is_the_policy_that_acts(action_space):
+    """forward()'s distribution, the one the trust-region step differentiates, is the policy of log_prob_entropy()
+    and act(): the same log-probabilities (of every action, for a Categorical) and entropies, and act()'s greedy
+    action is its mode."""
+    policy = small_policy(action_space)
+    obs, actions, _ = random_batch(action_space)
+    every_action = [torch.full_like(actions, a) for a in range(action_space.n)] if policy.discrete else [actions]
+    with torch.no_grad():
+        dist = policy(obs)
+        for a in every_action:
+            log_probs, entropy = policy.log_prob_entropy(obs, a)
+            assert_close(dist.log_prob(a), log_probs, rtol=1e-12)
+        assert_close(dist.entropy(), entropy, rtol=1e-12)
+    assert torch.equal(dist.mode, policy.act(obs, greedy=True))
+
+
 def test_mean_kl_is_the_closed_forms_in_the_right_direction():
     """mean_s KL(pi_old || pi) of the policy's two kinds of distribution, against the closed forms written out
     here: sum_a p_old (log p_old - log p), and for diagonal Gaussians sum_d [log(s_d / s_old,d)
