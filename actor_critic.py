@@ -334,11 +334,13 @@ def share() -> tuple[int, int]:
 
 
 def all_mean(tensors: list[torch.Tensor]) -> None:
-    """Average each tensor in place over the processes, whose batches together are the one batch of one process."""
+    """Average each tensor in place over the processes, whose batches together are the one batch of one process
+    (in one all_reduce: the tensors travel as one flat vector)."""
     if dist.is_initialized():
-        for tensor in tensors:
-            dist.all_reduce(tensor)
-            tensor /= dist.get_world_size()
+        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+        dist.all_reduce(flat)
+        for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
+            tensor.copy_(part.view_as(tensor) / dist.get_world_size())
 
 
 def make_env(env_id: str) -> gym.Env:
@@ -459,7 +461,8 @@ class Run:
         try:
             if isinstance(error, KeyboardInterrupt):  # main() then exits 128 + the signal's number: 130 or 143
                 self.save()
-                print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
+                if self.dir:  # rank 0
+                    print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
             elif isinstance(error, FloatingPointError):
                 cause, at = f"non-finite {error.args[0]}", self.global_step
                 if isinstance(error, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so

@@ -34,6 +34,11 @@ tail. For a task scored by its time-limited return, like CartPole-v1, that is ex
 arrives in actor_critic.py). Each update is one Adam step on policy_loss, its gradient's norm clipped. The loss
 averages over episodes, not steps: dividing by the batch's steps would make each episode's weight depend on the
 lengths of the others, which biases g.
+On R processes (torchrun) each plays N/R of the episodes, and the update is the one-process update on all N:
+per_step_sums() adds up every process's episodes (padded to the longest), so the leave-one-out and moving
+baselines see the whole batch; each process's loss is R times its part of the batch's loss (R/N times its episodes'
+sum; its steps' mean times R T_r/T for the value network, T_r of the batch's T steps being its), so that averaging
+the gradients over the processes (all_mean) gives exactly the gradient of the whole batch's loss.
 What this script is the first of: the five later scripts keep its shape and command line.
 References: Williams 1992 (REINFORCE); Sutton et al. 2000 (policy gradient theorem); Greensmith et al. 2004
 (baselines); Kool et al. 2019 (leave-one-out baseline); Nota & Thomas 2020 ("Is the policy gradient a gradient?").
@@ -92,7 +97,10 @@ class Args:
 
     def problems(self) -> list[str]:
         """Constraints between hyperparameters (and torchrun's processes) that no single range expresses."""
-        problems = ["reinforce.py runs as one process: not under torchrun"] if share()[1] > 1 else []
+        world, episodes = share()[1], self.episodes_per_batch
+        problems = (
+            [f"--episodes-per-batch {episodes} must split evenly over {world} processes"] if episodes % world else []
+        )
         if self.baseline == "mean" and self.episodes_per_batch < 2:
             problems.append("--baseline mean needs --episodes-per-batch >= 2 (each episode's b_t is the others' mean)")
         return problems
@@ -175,10 +183,16 @@ def returns_to_go(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> t
 
 
 def per_step_sums(returns: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each time step t = 0 .. max(timesteps): the sum of the returns-to-go at t, and how many episodes
-    reached t. returns: [T], timesteps: [T] long, step index within its episode. Returns two [max + 1]."""
-    zeros = returns.new_zeros(int(timesteps.max()) + 1)
-    return zeros.index_add(0, timesteps, returns), zeros.index_add(0, timesteps, torch.ones_like(returns))
+    """For each time step t = 0 .. L-1: the sum of the returns-to-go at t, and how many episodes reached t, over
+    the batch's episodes, under torchrun every process's (L: the longest episode of any). returns: [T], timesteps:
+    [T] long, step index within its episode. Returns two [L]."""
+    length = torch.tensor(int(timesteps.max()) + 1, device=returns.device)
+    if dist.is_initialized():
+        dist.all_reduce(length, dist.ReduceOp.MAX)
+    sums = returns.new_zeros(2, int(length)).index_add(1, timesteps, torch.stack([returns, torch.ones_like(returns)]))
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    return sums[0], sums[1]
 
 
 def leave_one_out_baseline(returns: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -213,7 +227,7 @@ class MovingBaseline(nn.Module):
         self.averages = torch.cat([means, self.averages[len(means) :]])
 
 
-def policy_loss(log_probs: torch.Tensor, advantages: torch.Tensor, num_episodes: int) -> torch.Tensor:
+def policy_loss(log_probs: torch.Tensor, advantages: torch.Tensor, num_episodes: float) -> torch.Tensor:
     """-(1/N) sum_i sum_t log pi(a_t|s_t) * A_t, whose gradient is -g (advantages are constants).
     log_probs: [T] with grad; advantages: [T] (detached here); num_episodes: N, the episodes in the batch."""
     return -(log_probs * advantages.detach()).sum() / num_episodes
@@ -276,8 +290,10 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
 # ---- Update ---------------------------------------------------------------------------------------------------------
 def update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch, args: Args) -> dict[str, float]:
     """One policy-gradient step on a batch of N episodes; then fit V to G (--baseline value), or fold G into the
-    moving average (--baseline moving). value_net, value_optimizer, moving_baseline: None when not in use."""
+    moving average (--baseline moving). value_net, value_optimizer, moving_baseline: None when not in use.
+    Under torchrun, batch is this process's part, and the step is the one on every process's parts together."""
     G = returns_to_go(batch["rewards"], batch["dones"], args.gamma)
+    world, (_, reached) = share()[1], per_step_sums(G, batch["timesteps"])  # reached[0] episodes, reached.sum() steps
     if args.baseline == "none":
         baseline = torch.zeros_like(G)
     elif args.baseline == "mean":
@@ -289,19 +305,21 @@ def update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch
         with torch.no_grad():
             baseline = value_net(batch["obs"])  # V before it sees these returns: b_t independent of a_t
     log_probs, entropy = policy.log_prob_entropy(batch["obs"], batch["actions"])
-    loss = policy_loss(log_probs, G - baseline, num_episodes=args.episodes_per_batch)
+    loss = policy_loss(log_probs, G - baseline, num_episodes=reached[0] / world)  # all_mean divides by world again
     if not torch.isfinite(loss):
         raise FloatingPointError("policy loss")
     optimizer.zero_grad()
     loss.backward()
+    all_mean([p.grad for p in policy.parameters()])  # under torchrun: the gradient of the loss over all N episodes
     if args.max_grad_norm > 0:
         nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
     optimizer.step()
     v_loss = torch.tensor(float("nan"))
     for _ in range(args.value_iters if args.baseline == "value" else 0):
-        v_loss = value_loss(value_net(batch["obs"]), G)
+        v_loss = value_loss(value_net(batch["obs"]), G) * (world * len(G) / reached.sum())  # this process's share
         value_optimizer.zero_grad()
         v_loss.backward()
+        all_mean([p.grad for p in value_net.parameters()])
         value_optimizer.step()
     for net in (policy, value_net):
         if net is not None and not all(torch.isfinite(p).all() for p in net.parameters()):
@@ -318,10 +336,11 @@ def update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch
 def train(args: Args) -> dict[str, float]:
     """The RL loop: play N whole episodes, take one step on the policy and fit the baseline, log; until the budget
     is spent."""
-    device = setup(args)  # seeds, torch threads, the device
-    envs = [make_env(args.env_id) for _ in range(args.episodes_per_batch)]
+    device = setup(args)  # seeds, torch threads, the device; under torchrun, the process group
+    rank, world = share()  # this process's rank and the number of processes (0, 1 without torchrun)
+    envs = [make_env(args.env_id) for _ in range(args.episodes_per_batch // world)]  # this process's share of N
     for i, env in enumerate(envs):
-        env.reset(seed=args.seed + i)  # later resets continue each env's own seeded generator
+        env.reset(seed=args.seed + rank * len(envs) + i)  # env i of N: seed + i; later resets continue its generator
     obs_dim = envs[0].observation_space.shape[0]
     policy = Policy(obs_dim, envs[0].action_space, args.hidden_size).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
@@ -335,11 +354,16 @@ def train(args: Args) -> dict[str, float]:
     def checkpoint() -> dict:  # what model.pt holds besides the args, the spaces and the step
         return {"policy": policy.state_dict(), "value": value_net.state_dict() if value_net else None}
 
+    unlogged = 0  # steps of every process that run.log, which counts world times what it is given, has not counted
     with Run(args, envs[0], checkpoint) as run:
         while run.global_step < args.total_timesteps:
             batch = rollout(envs, policy, device, run.on_episode_end)
             stats = update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch, args)
-            run.log(len(batch["rewards"]), stats)
+            steps = torch.tensor(len(batch["rewards"]), device=device)
+            if dist.is_initialized():
+                dist.all_reduce(steps)  # the processes' episodes differ in length: sum their steps
+            logged, unlogged = divmod(unlogged + int(steps), world)
+            run.log(logged, stats)
     for env in envs:
         env.close()
     return run.summary
@@ -375,11 +399,13 @@ def share() -> tuple[int, int]:
 
 
 def all_mean(tensors: list[torch.Tensor]) -> None:
-    """Average each tensor in place over the processes, whose batches together are the one batch of one process."""
+    """Average each tensor in place over the processes, whose batches together are the one batch of one process
+    (in one all_reduce: the tensors travel as one flat vector)."""
     if dist.is_initialized():
-        for tensor in tensors:
-            dist.all_reduce(tensor)
-            tensor /= dist.get_world_size()
+        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+        dist.all_reduce(flat)
+        for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
+            tensor.copy_(part.view_as(tensor) / dist.get_world_size())
 
 
 def make_env(env_id: str) -> gym.Env:
@@ -500,7 +526,8 @@ class Run:
         try:
             if isinstance(error, KeyboardInterrupt):  # main() then exits 128 + the signal's number: 130 or 143
                 self.save()
-                print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
+                if self.dir:  # rank 0
+                    print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
             elif isinstance(error, FloatingPointError):
                 cause, at = f"non-finite {error.args[0]}", self.global_step
                 if isinstance(error, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so

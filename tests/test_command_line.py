@@ -14,6 +14,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -477,3 +478,23 @@ def test_discrete_actions_that_start_at_one_reach_the_env_as_such(script, tmp_pa
     assert exit_status(script, [*SCRIPTS[script]["short"], "--env-id", "ActionsFromOne-v0", "--run-dir", str(run)]) == 0
     assert exit_status(script, ["--eval", str(run / "model.pt"), "--eval-episodes", "2"]) == 0
     assert ActionsFromOne.wrong == []
+
+
+# ----------------------------------------------------------------------------------------------
+# torchrun: the same command on 2 processes
+# ----------------------------------------------------------------------------------------------
+TORCHRUN = ["ppo"]  # the update's equality with one process's is proved in each script's own test file
+
+
+@pytest.mark.parametrize("script", TORCHRUN)
+def test_torchrun_on_two_processes_trains_into_one_run_directory(script, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    command = [torchrun, "--standalone", "--nproc-per-node", "2", os.path.join(ROOT, f"{script}.py")]
+    out = subprocess.run(
+        [*command, *SCRIPTS[script]["short"]], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()  # one default run directory: rank 0 alone writes
+    assert sorted(p.name for p in run.iterdir()) == ["episodes.csv", "metrics.csv", "model.pt"]
+    assert int(read_csv(run / "metrics.csv")[-1][SCRIPTS[script]["step"]]) >= int(SCRIPTS[script]["short"][1])
+    assert out.stdout.count("run dir") == 1 and out.stdout.count("done: ") == 1  # rank 0 alone prints

@@ -1,11 +1,13 @@
 """trpo.py: the Fisher-vector product against the exact Fisher matrix and against finite differences, conjugate
 gradient against a dense solve and its theory, the surrogate's gradient against grad J on the exact MDP, the
-trust-region step and line search on a small network, the wiring of update(), and short real runs.
+trust-region step and line search on a small network, the wiring of update() (its learning rate, and on two
+processes), and short real runs.
 
 Everything exact is float64. The Fisher matrix is formed densely only here, to check the products that the
 script uses instead.
 """
 
+import dataclasses
 import math
 
 import gymnasium as gym
@@ -13,16 +15,23 @@ import numpy as np
 import pytest
 import torch
 from exact import F64, MDP, THETA, assert_close, expected_grad, fd_grad, trajectory_log_probs, true_grad
+from processes import on_two_processes
 from runs import eval_mean_return, read_csv, short_run_improves
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
+    flat_parameters,
     optimiser_step,
     rollout_batch,
 )
 
 import actor_critic as ac
 import trpo
+
+
+def flat_params(module):
+    """Every parameter of module, flattened and concatenated in parameters() order: [P], detached."""
+    return torch.nn.utils.parameters_to_vector(module.parameters()).detach()
 
 
 def small_policy(action_space, obs_dim=3, hidden=4, seed=0):
@@ -40,19 +49,19 @@ def small_policy(action_space, obs_dim=3, hidden=4, seed=0):
 def policy_functions(policy, obs, actions, advantages):
     """(surrogate_at, mean_kl): the surrogate L(theta) and the mean KL(pi_old || pi_theta) on a batch, as functions
     of the flat parameter vector, written here from the script's pure functions with pi_old the policy as it is."""
-    theta_old = trpo.flat_params(policy)
 
     def dist_at(theta):
         return torch.func.functional_call(policy, trpo.unflatten(policy, theta), (obs,))
 
-    old_dist = tuple(d.detach() for d in dist_at(theta_old))
-    old_log_probs = trpo.Policy.log_prob_entropy(old_dist, actions)[0]
+    with torch.no_grad():
+        old_dist = dist_at(flat_params(policy))
+        old_log_probs = old_dist.log_prob(actions)
 
     def surrogate_at(theta):
-        return trpo.surrogate(trpo.Policy.log_prob_entropy(dist_at(theta), actions)[0], old_log_probs, advantages)
+        return trpo.surrogate(dist_at(theta).log_prob(actions), old_log_probs, advantages)
 
     def mean_kl(theta):
-        return trpo.kl_divergence(old_dist, dist_at(theta)).mean()
+        return trpo.mean_kl(old_dist, dist_at(theta))
 
     return surrogate_at, mean_kl
 
@@ -97,24 +106,64 @@ def test_rollout_and_gae_are_actor_critics():
     assert ended == trpo_ended and all(torch.equal(a, b) for a, b in zip(advantages, trpo_advantages, strict=True))
 
 
+def test_gae_takes_the_bool_arrays_gymnasium_returns():
+    """terminated / truncated as bool numpy arrays (what a Gymnasium step() returns) or bool tensors give exactly
+    the advantages of their 0.0 / 1.0 float forms, in the rewards' dtype."""
+    g = torch.Generator().manual_seed(0)
+    rewards, values, next_values = torch.randn(3, 12, 4, generator=g, dtype=F64)
+    terminated = torch.rand(12, 4, generator=g) < 0.2
+    truncated = ~terminated & (torch.rand(12, 4, generator=g) < 0.2)
+    assert terminated.any() and truncated.any()
+    expected = trpo.gae(rewards, values, next_values, terminated.to(F64), truncated.to(F64), 0.9, 0.8)
+    for terminated_as_given, truncated_as_given in ((terminated, truncated), (terminated.numpy(), truncated.numpy())):
+        advantages = trpo.gae(rewards, values, next_values, terminated_as_given, truncated_as_given, 0.9, 0.8)
+        assert advantages.dtype == F64 and torch.equal(advantages, expected)
+
+
 # ----------------------------------------------------------------------------------------------
 # a. The Fisher-vector product
 # ----------------------------------------------------------------------------------------------
-def test_kl_divergences_are_the_closed_forms_in_the_right_direction():
-    """KL(pi_old || pi), checked against torch.distributions; the two directions differ on these inputs."""
+@pytest.mark.parametrize("action_space", [DISCRETE, BOX], ids=["categorical", "gaussian"])
+def test_forward_is_the_policy_that_acts(action_space):
+    """forward()'s distribution, the one the trust-region step differentiates, is the policy of log_prob_entropy()
+    and act(): the same log-probabilities (of every action, for a Categorical) and entropies, and act()'s greedy
+    action is its mode."""
+    policy = small_policy(action_space)
+    obs, actions, _ = random_batch(action_space)
+    every_action = [torch.full_like(actions, a) for a in range(action_space.n)] if policy.discrete else [actions]
+    with torch.no_grad():
+        dist = policy(obs)
+        for a in every_action:
+            log_probs, entropy = policy.log_prob_entropy(obs, a)
+            assert_close(dist.log_prob(a), log_probs, rtol=1e-12)
+        assert_close(dist.entropy(), entropy, rtol=1e-12)
+    assert torch.equal(dist.mode, policy.act(obs, greedy=True))
+
+
+def test_mean_kl_is_the_closed_forms_in_the_right_direction():
+    """mean_s KL(pi_old || pi) of the policy's two kinds of distribution, against the closed forms written out
+    here: sum_a p_old (log p_old - log p), and for diagonal Gaussians sum_d [log(s_d / s_old,d)
+    + (s_old,d^2 + (m_old,d - m_d)^2) / (2 s_d^2) - 1/2]; the two directions differ on these inputs."""
     g = torch.Generator().manual_seed(0)
-    old_logits, logits = torch.randn(2, 5, 4, generator=g, dtype=F64)
-    expected = torch.distributions.kl_divergence(
-        torch.distributions.Categorical(logits=old_logits), torch.distributions.Categorical(logits=logits)
-    )
-    assert_close(trpo.kl_divergence((old_logits,), (logits,)), expected, rtol=1e-12)
+    old_logits, logits = torch.randn(2, 5, 4, generator=g, dtype=F64).log_softmax(-1)
+    categorical = torch.distributions.Categorical
+    expected = (old_logits.exp() * (old_logits - logits)).sum(-1).mean()
+    reverse = (logits.exp() * (logits - old_logits)).sum(-1).mean()
+    assert_close(trpo.mean_kl(categorical(logits=old_logits), categorical(logits=logits)), expected, rtol=1e-12)
+    assert abs(expected - reverse) > 0.01 * expected  # so a swapped direction cannot pass
     old_mean, mean = torch.randn(2, 5, 3, generator=g, dtype=F64)
     old_log_std, log_std = torch.randn(2, 3, generator=g, dtype=F64)
-    normal = lambda m, s: torch.distributions.Normal(m, s.exp().expand_as(m))  # noqa: E731
-    expected = torch.distributions.kl_divergence(normal(old_mean, old_log_std), normal(mean, log_std)).sum(-1)
-    assert_close(trpo.kl_divergence((old_mean, old_log_std), (mean, log_std)), expected, rtol=1e-12)
-    reverse = torch.distributions.kl_divergence(normal(mean, log_std), normal(old_mean, old_log_std)).sum(-1)
-    assert (expected - reverse).abs().max() > 0.1  # so a swapped direction cannot pass
+    gaussian = lambda m, s: torch.distributions.Independent(torch.distributions.Normal(m, s.exp()), 1)  # noqa: E731
+
+    def closed_form(old_mean, old_log_std, mean, log_std):
+        var_ratio, mean_term = torch.exp(2 * (old_log_std - log_std)), (old_mean - mean) ** 2 * torch.exp(-2 * log_std)
+        return (log_std - old_log_std + 0.5 * (var_ratio + mean_term) - 0.5).sum(-1).mean()
+
+    expected = closed_form(old_mean, old_log_std, mean, log_std)
+    reverse = closed_form(mean, log_std, old_mean, old_log_std)
+    kl = trpo.mean_kl(gaussian(old_mean, old_log_std), gaussian(mean, log_std))
+    assert_close(kl, expected, rtol=1e-12)
+    assert abs(expected - reverse) > 0.01 * expected
 
 
 def test_fisher_vector_product_is_the_exact_fisher_matrix_of_a_tabular_softmax_policy():
@@ -122,10 +171,10 @@ def test_fisher_vector_product_is_the_exact_fisher_matrix_of_a_tabular_softmax_p
     u = grad log pi(a|s) = (e_a - pi(.|s)) in row s, formed densely, against the product by double backprop."""
     S, A = THETA.shape
     states = [0, 1, 2, 2, 3, 4, 4, 4]
-    old_logits = THETA[states]
+    old_policy = torch.distributions.Categorical(logits=THETA[states])
 
     def mean_kl(theta):
-        return trpo.categorical_kl(old_logits, theta.view(S, A)[states]).mean()
+        return trpo.mean_kl(old_policy, torch.distributions.Categorical(logits=theta.view(S, A)[states]))
 
     pi = torch.softmax(THETA, -1)
     F = torch.zeros(S * A, S * A, dtype=F64)
@@ -147,7 +196,7 @@ def test_fisher_vector_product_is_the_derivative_of_the_kl_gradient(action_space
     policy = small_policy(action_space)
     obs, actions, advantages = random_batch(action_space)
     _, mean_kl = policy_functions(policy, obs, actions, advantages)
-    theta_old = trpo.flat_params(policy)
+    theta_old = flat_params(policy)
     v = torch.randn(len(theta_old), generator=torch.Generator().manual_seed(2), dtype=F64)
 
     def kl_grad(theta):
@@ -229,13 +278,13 @@ def test_surrogate_is_the_importance_weighted_advantage():
 # ----------------------------------------------------------------------------------------------
 def exact_fisher(policy, obs):
     """F = mean_s sum_a pi(a|s) grad log pi(a|s) grad log pi(a|s)^T for a categorical policy, formed densely."""
-    theta_old = trpo.flat_params(policy)
+    theta_old = flat_params(policy)
     F = torch.zeros(len(theta_old), len(theta_old), dtype=F64)
     for s in range(len(obs)):
         for a in range(policy.net[-1].out_features):
             theta = theta_old.clone().requires_grad_(True)
-            logits = torch.func.functional_call(policy, trpo.unflatten(policy, theta), (obs[s : s + 1],))[0]
-            logp = logits.log_softmax(-1)[0, a]
+            dist = torch.func.functional_call(policy, trpo.unflatten(policy, theta), (obs[s : s + 1],))
+            logp = dist.log_prob(torch.tensor([a]))[0]
             (u,) = torch.autograd.grad(logp, theta)
             F += logp.exp().detach() * torch.outer(u, u) / len(obs)
     return F
@@ -249,7 +298,7 @@ def test_search_direction_is_the_dense_natural_gradient():
     policy = small_policy(DISCRETE)
     obs, actions, advantages = random_batch(DISCRETE)
     surrogate_at, mean_kl = policy_functions(policy, obs, actions, advantages)
-    theta_old = trpo.flat_params(policy).requires_grad_(True)
+    theta_old = flat_params(policy).requires_grad_(True)
     (g,) = torch.autograd.grad(surrogate_at(theta_old), theta_old)
     P, damping = len(g), 0.1
     x = trpo.conjugate_gradient(trpo.fisher_vector_product(mean_kl, theta_old, damping), g, iters=P, tol=0.0)
@@ -259,18 +308,18 @@ def test_search_direction_is_the_dense_natural_gradient():
 
 def policy_step(policy, obs, actions, advantages, **kw):
     """trpo.policy_step on a copy of the policy; returns (step taken theta - theta_old, the line search's record)."""
-    before = trpo.flat_params(policy)
+    before = flat_params(policy)
     moved = small_policy(DISCRETE)
     moved.load_state_dict(policy.state_dict())
     record = trpo.policy_step(moved, obs, actions, advantages, step_args(**kw))
-    return trpo.flat_params(moved) - before, record
+    return flat_params(moved) - before, record
 
 
 def test_a_step_keeps_the_kl_within_delta_improves_the_surrogate_and_scales_with_sqrt_delta():
     policy = small_policy(DISCRETE)
     obs, actions, advantages = random_batch(DISCRETE)
     surrogate_at, mean_kl = policy_functions(policy, obs, actions, advantages)
-    theta_old = trpo.flat_params(policy)
+    theta_old = flat_params(policy)
     delta = 1e-4  # small enough for the quadratic model of the KL to be accurate
     step, record = policy_step(policy, obs, actions, advantages, delta=delta)
     kl = float(mean_kl(theta_old + step))
@@ -288,7 +337,7 @@ def test_a_full_step_that_breaks_the_kl_bound_is_backtracked():
     policy = small_policy(DISCRETE)
     obs, actions, advantages = random_batch(DISCRETE)
     _, mean_kl = policy_functions(policy, obs, actions, advantages)
-    theta_old = trpo.flat_params(policy)
+    theta_old = flat_params(policy)
     step, record = policy_step(policy, obs, actions, advantages, delta=0.5, damping=0.0)  # far from quadratic
     assert record["accepted"] == 1.0 and record["backtracks"] >= 1
     assert float(mean_kl(theta_old + step)) <= 0.5
@@ -360,7 +409,7 @@ def test_update_is_the_pure_functions_with_advantages_from_the_critic_before_the
         obs, actions = batch["obs"].reshape(-1, 4), batch["actions"].reshape(-1)
         # the policy: g, x = CG(F + damping I, g), the full step sqrt(2 delta / x^T F x) x, the line search
         surrogate_at, mean_kl = policy_functions(policy, obs, actions, A.reshape(-1))
-        theta_old = trpo.flat_params(policy).requires_grad_(True)
+        theta_old = flat_params(policy).requires_grad_(True)
         (g,) = torch.autograd.grad(surrogate_at(theta_old), theta_old)
         theta_old = theta_old.detach()
         fvp = trpo.fisher_vector_product(mean_kl, theta_old, args.damping)
@@ -392,6 +441,57 @@ def test_every_hyperparameter_of_the_update_reaches_it():
     assert_each_hyperparameter_changes_the_update(
         state, lambda s, args: run_update(s, batch, args), WIRING_ARGS, changes
     )
+
+
+def update_on_a_share(rank: int) -> tuple[torch.Tensor, dict]:
+    """On process `rank` of 2: the wiring state, then update() on this process's half of the envs; the parameters
+    and the update's stats."""
+    state, _ = trpo_state()
+    stats = run_update(
+        state, {k: v[:, 2 * rank : 2 * rank + 2] for k, v in rollout_batch(3, N=4).items()}, ONE_MINIBATCH
+    )
+    return flat_parameters(state), stats
+
+
+ONE_MINIBATCH = dataclasses.replace(WIRING_ARGS, num_minibatches=1)  # so that the critic's batch is the union too
+
+
+def test_update_on_two_processes_is_the_update_of_one_on_their_union():
+    """torchrun's split: each process has 2 of the 4 envs; the surrogate's gradient, the Fisher-vector products,
+    the line search's surrogate and KL, and the critic's gradients are the means over all 4 envs' steps."""
+    state, _ = trpo_state()
+    stats = run_update(state, rollout_batch(3, N=4), ONE_MINIBATCH)
+    assert stats["accepted"] == 1.0
+    for parameters, process_stats in on_two_processes(update_on_a_share):
+        assert_close(parameters, flat_parameters(state), rtol=1e-12)
+        for key in ("kl", "surrogate_improvement", "backtracks"):  # the line search saw the union's numbers
+            assert process_stats[key] == pytest.approx(stats[key], rel=1e-12)
+
+
+def test_every_critic_step_of_every_update_applies_the_constant_learning_rate(tmp_path, monkeypatch):
+    """The documented schedule: the critic's Adam steps at --learning-rate throughout (TRPO's policy step has no
+    learning rate). Read from the optimiser each update() is given, at each of its steps, which must be
+    --vf-epochs * --num-minibatches steps on the critic's parameters and no others."""
+    original_update, steps_per_update = trpo.update, []
+
+    def recording_update(*update_args):
+        optimizer = next(a for a in update_args if isinstance(a, torch.optim.Optimizer))
+        value_net = next(a for a in update_args if isinstance(a, trpo.ValueNet))
+        assert {id(p) for group in optimizer.param_groups for p in group["params"]} == {
+            id(p) for p in value_net.parameters()
+        }
+        lrs = []
+        hook = optimizer.register_step_pre_hook(lambda opt, *_: lrs.append([g["lr"] for g in opt.param_groups]))
+        try:
+            return original_update(*update_args)
+        finally:
+            hook.remove()
+            steps_per_update.append(lrs)
+
+    monkeypatch.setattr(trpo, "update", recording_update)
+    argv = ["--total-timesteps", "768", "--num-envs", "2", "--learning-rate", "0.0025", "--vf-epochs", "2"]
+    assert trpo.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
+    assert steps_per_update == [[[0.0025]] * (2 * trpo.Args.num_minibatches)] * 3
 
 
 # ----------------------------------------------------------------------------------------------
