@@ -392,11 +392,13 @@ def share() -> tuple[int, int]:
 
 
 def all_mean(tensors: list[torch.Tensor]) -> None:
-    """Average each tensor in place over the processes, whose batches together are the one batch of one process."""
+    """Average each tensor in place over the processes, whose batches together are the one batch of one process
+    (in one all_reduce: the tensors travel as one flat vector)."""
     if dist.is_initialized():
-        for tensor in tensors:
-            dist.all_reduce(tensor)
-            tensor /= dist.get_world_size()
+        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+        dist.all_reduce(flat)
+        for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
+            tensor.copy_(part.view_as(tensor) / dist.get_world_size())
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
@@ -498,7 +500,8 @@ class Run:
         try:
             if isinstance(error, KeyboardInterrupt):  # main() then exits 128 + the signal's number: 130 or 143
                 self.save()
-                print(f"\ninterrupted at update {self.global_step}; saved in {self.dir}", file=sys.stderr)
+                if self.dir:  # rank 0
+                    print(f"\ninterrupted at update {self.global_step}; saved in {self.dir}", file=sys.stderr)
             elif isinstance(error, FloatingPointError):
                 kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
                 print(f"stopped: non-finite {error} at update {self.global_step + 1}; {kept}", file=sys.stderr)
