@@ -11,8 +11,6 @@ import itertools
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -31,7 +29,7 @@ from exact import (
     one_group_per_prompt,
 )
 from processes import on_two_processes
-from runs import ROOT, read_csv, short_grpo_run_learns_and_eval_reloads
+from runs import read_csv, short_grpo_run_learns_and_eval_reloads
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
@@ -773,20 +771,6 @@ def test_prompts_that_do_not_split_over_the_processes_are_bad_input(module, monk
     assert "--prompts-per-update 3 must split evenly over 2 processes" in err, err
     assert not (tmp_path / "run").exists()
     module.validate(module.Args(prompts_per_update=4))
-
-
-def test_torchrun_on_two_processes_writes_one_run(tmp_path):
-    """`torchrun --standalone --nproc-per-node 2 grpo.py` for 2 updates of 4 prompts: exit 0, rank 0's output alone,
-    one run directory whose metrics.csv has 2 rows and groups.csv the 4 groups of both processes per update."""
-    run = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               os.path.join(ROOT, "grpo.py"), *TINY[2:], "--prompts-per-update", "4", "--total-updates", "2",
-               "--run-dir", str(run)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.count("| 2 process(es) |") == 1 and result.stdout.count("done:") == 1, result.stdout
-    assert os.listdir(tmp_path) == ["run"] and sorted(os.listdir(run)) == ["groups.csv", "metrics.csv", "model.pt"]
-    assert len(read_csv(run / "metrics.csv")) == 2 and len(read_csv(run / "groups.csv")) == 2 * 4
 
 
 @BOTH
