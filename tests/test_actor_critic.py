@@ -29,7 +29,9 @@ from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
     flat_parameters,
+    ids,
     optimiser_step,
+    record_learning_rates,
     rollout_batch,
 )
 
@@ -372,21 +374,12 @@ def test_update_on_two_processes_is_the_update_of_one_on_their_union(network):
 def test_every_update_steps_once_at_the_constant_learning_rate(tmp_path, monkeypatch):
     """The documented schedule: one Adam step per update on every parameter of actor and critic, at --learning-rate
     throughout. Read from the optimiser each update() is given, as it steps."""
-    original_update, lrs = ac.update, []
-
-    def recording_update(policy, value_net, optimizer, batch, args):
-        params = {id(p) for net in (policy, value_net) for p in net.parameters()}
-        assert {id(p) for group in optimizer.param_groups for p in group["params"]} == params
-        hook = optimizer.register_step_pre_hook(lambda opt, *_: lrs.append([g["lr"] for g in opt.param_groups]))
-        try:
-            return original_update(policy, value_net, optimizer, batch, args)
-        finally:
-            hook.remove()
-
-    monkeypatch.setattr(ac, "update", recording_update)
+    calls = record_learning_rates(ac, monkeypatch)
     argv = ["--total-timesteps", "256", "--num-envs", "2", "--num-steps", "32", "--learning-rate", "0.0025"]
     assert ac.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
-    assert lrs == [[0.0025]] * 4
+    assert len(calls) == 4
+    for (policy, value_net, *_), [(params, steps)] in calls:
+        assert params == ids(policy, value_net) and steps == [[0.0025]]
 
 
 # ----------------------------------------------------------------------------------------------

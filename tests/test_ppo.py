@@ -35,6 +35,7 @@ from wiring import (
     assert_update_is_hand_built_steps,
     flat_parameters,
     optimiser_step,
+    record_learning_rates,
     rollout_batch,
 )
 
@@ -492,27 +493,10 @@ def test_cartpole_learns_writes_files_and_reloads(tmp_path, capsys):
 def applied_learning_rates(monkeypatch, tmp_path, *argv: str) -> list[list[float]]:
     """Train with argv; for each update, the learning rate that each of its optimiser steps applied, read from the
     optimiser that update() was given at the moment it stepped."""
-    per_update = []
-    real_update = ppo.update
-
-    def spying_update(policy, value_net, optimizer, *rest, **kwargs):
-        rates, real_step = [], optimizer.step
-
-        def step(*a, **k):
-            rates.append(optimizer.param_groups[0]["lr"])
-            return real_step(*a, **k)
-
-        optimizer.step = step
-        try:
-            return real_update(policy, value_net, optimizer, *rest, **kwargs)
-        finally:
-            del optimizer.step
-            per_update.append(rates)
-
-    monkeypatch.setattr(ppo, "update", spying_update)
+    calls = record_learning_rates(ppo, monkeypatch)
     short = ["--total-timesteps", "256", "--num-envs", "2", "--num-steps", "16", "--update-epochs", "2"]
     assert ppo.main([*short, "--num-minibatches", "2", "--run-dir", str(tmp_path / "run"), *argv]) == 0
-    return per_update
+    return [[lrs[0] for lrs in steps] for _, [(_, steps)] in calls]
 
 
 @pytest.mark.parametrize("anneal", [True, False], ids=["anneal-lr", "no-anneal-lr"])

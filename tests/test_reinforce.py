@@ -32,7 +32,9 @@ from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
     flat_parameters,
+    ids,
     optimiser_step,
+    record_learning_rates,
 )
 
 import reinforce
@@ -344,25 +346,13 @@ def test_every_update_applies_the_constant_learning_rates(tmp_path, monkeypatch)
     """The documented schedule is constant: each update steps the policy's Adam once at --learning-rate and the
     value network's --value-iters times at --value-learning-rate, read from the optimisers update() is given, as
     they step, and each optimiser holds exactly its network's parameters."""
-    original_update, lrs = reinforce.update, {"policy": [], "value": []}
-
-    def recording_update(policy, value_net, optimizer, value_optimizer, *rest):
-        hooks = []
-        for name, net, opt in (("policy", policy, optimizer), ("value", value_net, value_optimizer)):
-            assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}
-            record = lambda o, *_, name=name: lrs[name].append([g["lr"] for g in o.param_groups])  # noqa: E731
-            hooks.append(opt.register_step_pre_hook(record))
-        try:
-            return original_update(policy, value_net, optimizer, value_optimizer, *rest)
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-    monkeypatch.setattr(reinforce, "update", recording_update)
+    calls = record_learning_rates(reinforce, monkeypatch)
     argv = "--total-timesteps 600 --learning-rate 0.002 --value-learning-rate 0.03 --value-iters 2".split()
     assert reinforce.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
-    updates = len(read_csv(tmp_path / "run" / "metrics.csv"))
-    assert updates >= 2 and lrs == {"policy": [[0.002]] * updates, "value": [[0.03]] * 2 * updates}
+    assert len(calls) == len(read_csv(tmp_path / "run" / "metrics.csv")) >= 2
+    for (policy, value_net, *_), [(policy_params, policy_steps), (value_params, value_steps)] in calls:
+        assert policy_params == ids(policy) and policy_steps == [[0.002]]
+        assert value_params == ids(value_net) and value_steps == [[0.03]] * 2
 
 
 @pytest.mark.parametrize("value", ["1.0", "-0.1", "nan"])

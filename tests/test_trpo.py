@@ -21,7 +21,9 @@ from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
     flat_parameters,
+    ids,
     optimiser_step,
+    record_learning_rates,
     rollout_batch,
 )
 
@@ -472,26 +474,12 @@ def test_every_critic_step_of_every_update_applies_the_constant_learning_rate(tm
     """The documented schedule: the critic's Adam steps at --learning-rate throughout (TRPO's policy step has no
     learning rate). Read from the optimiser each update() is given, at each of its steps, which must be
     --vf-epochs * --num-minibatches steps on the critic's parameters and no others."""
-    original_update, steps_per_update = trpo.update, []
-
-    def recording_update(*update_args):
-        optimizer = next(a for a in update_args if isinstance(a, torch.optim.Optimizer))
-        value_net = next(a for a in update_args if isinstance(a, trpo.ValueNet))
-        assert {id(p) for group in optimizer.param_groups for p in group["params"]} == {
-            id(p) for p in value_net.parameters()
-        }
-        lrs = []
-        hook = optimizer.register_step_pre_hook(lambda opt, *_: lrs.append([g["lr"] for g in opt.param_groups]))
-        try:
-            return original_update(*update_args)
-        finally:
-            hook.remove()
-            steps_per_update.append(lrs)
-
-    monkeypatch.setattr(trpo, "update", recording_update)
+    calls = record_learning_rates(trpo, monkeypatch)
     argv = ["--total-timesteps", "768", "--num-envs", "2", "--learning-rate", "0.0025", "--vf-epochs", "2"]
     assert trpo.main([*argv, "--run-dir", str(tmp_path / "run")]) == 0
-    assert steps_per_update == [[[0.0025]] * (2 * trpo.Args.num_minibatches)] * 3
+    assert len(calls) == 3
+    for (_, value_net, *_), [(params, steps)] in calls:
+        assert params == ids(value_net) and steps == [[0.0025]] * (2 * trpo.Args.num_minibatches)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ every hyperparameter that enters the loss must reach it. Two checks, shared by e
 
     rollout_batch(seed, T, N, obs_dim)
         a random float64 batch in the shape of the Gymnasium scripts' rollout(), for their update().
+    record_learning_rates(module, monkeypatch)
+        wrap module.update to record, at every step of every optimiser it is given, the learning rate applied:
+        each script's test that the schedule is the documented one reads it there, not from a log column.
 
 `state` is a tuple of whatever update() takes that carries parameters or optimiser state (networks,
 optimisers). copy.deepcopy(state) copies the tuple as one object, so each optimiser in the copy points
@@ -116,3 +119,32 @@ def assert_each_hyperparameter_changes_the_update(state, run_update, args, chang
         if (changed - base).norm() <= rtol * base.norm():
             ignored.append(f"{name}={value!r}")
     assert not ignored, f"update() ignores {', '.join(ignored)}"
+
+
+def record_learning_rates(module, monkeypatch) -> list[tuple[tuple, list[tuple[set[int], list[list[float]]]]]]:
+    """Wrap module.update so that each call is recorded as (its arguments, [for each torch.optim optimiser among
+    them, in order: (the ids of the parameters it holds, for each of its steps the learning rate of each param
+    group, read from the optimiser as it steps)]). Returns the list the calls are appended to."""
+    calls, original = [], module.update
+
+    def recording_update(*args, **kwargs):
+        optimizers = [a for a in args if isinstance(a, torch.optim.Optimizer)]
+        record = [({id(p) for g in o.param_groups for p in g["params"]}, []) for o in optimizers]
+        hooks = [
+            o.register_step_pre_hook(lambda opt, *_, steps=steps: steps.append([g["lr"] for g in opt.param_groups]))
+            for o, (_, steps) in zip(optimizers, record, strict=True)
+        ]
+        calls.append((args, record))
+        try:
+            return original(*args, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    monkeypatch.setattr(module, "update", recording_update)
+    return calls
+
+
+def ids(*modules: nn.Module) -> set[int]:
+    """The ids of every parameter of the modules."""
+    return {id(p) for m in modules for p in m.parameters()}
