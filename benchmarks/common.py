@@ -12,7 +12,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -258,5 +257,4 @@ def machine_lines() -> list[str]:
         f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",
         "- " + ", ".join(f"{p} {version(p)}" for p in packages),
         f"- commit {git_commit()}",
-        f"- Python used for the runs: {sys.executable}",
     ]

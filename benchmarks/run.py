@@ -90,6 +90,7 @@ PLAN = [
 ]  # fmt: skip
 QUICK = {"tasks": ["CartPole-v1"], "seeds": [1, 2], "algos": ["reinforce", "actor_critic", "ppo", "sb3-ppo", "sb3-a2c"]}
 GRPO_SEEDS = [1, 2, 3, 4, 5]  # --full: python benchmarks/grpo_vs_dr_grpo.py --seeds 1 2 3 4 5 --out OUT/grpo_vs_dr_grpo
+GRPO_BENCHMARK = ["--seeds", "1", "2", "3", "--total-updates", "300"]  # --full: grpo_benchmark.py ... --out OUT/grpo
 
 
 @dataclass(frozen=True)
@@ -370,8 +371,9 @@ def write_reports(jobs: list[Job], records: dict[int, dict], out: str, command: 
     if grpo is not None:
         page += ["### GRPO and Dr. GRPO", ""]
         if grpo.get("returncode") == 0:
-            page += ["See [grpo_vs_dr_grpo/grpo_vs_dr_grpo.md](grpo_vs_dr_grpo/grpo_vs_dr_grpo.md) and "
-                     "![GRPO vs Dr. GRPO](grpo_vs_dr_grpo/grpo_vs_dr_grpo.png)", ""]  # fmt: skip
+            page += ["See [grpo_vs_dr_grpo/grpo_vs_dr_grpo.md](grpo_vs_dr_grpo/grpo_vs_dr_grpo.md), "
+                     "![GRPO vs Dr. GRPO](grpo_vs_dr_grpo/grpo_vs_dr_grpo.png) and [grpo/grpo.md](grpo/grpo.md)",
+                     ""]  # fmt: skip
         else:
             page += [f"Not produced: {grpo.get('why', 'the experiment failed')}.", ""]
 
@@ -381,7 +383,7 @@ def write_reports(jobs: list[Job], records: dict[int, dict], out: str, command: 
     with open(os.path.join(out, "machine.md"), "w") as f:
         f.write("\n".join(machine) + "\n")
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(page + machine) + "\n")
+        f.write("\n".join([*page, "The machine, the commit and the load: [machine.md](machine.md)."]) + "\n")
 
     with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -397,18 +399,20 @@ def write_reports(jobs: list[Job], records: dict[int, dict], out: str, command: 
 
 
 def run_grpo(out: str, timeout: float) -> dict:
-    script = os.path.join(ROOT, "benchmarks", "grpo_vs_dr_grpo.py")
-    if not os.path.exists(script):
-        return {"returncode": None, "why": "benchmarks/grpo_vs_dr_grpo.py does not exist in this checkout"}
-    target = os.path.join(out, "grpo_vs_dr_grpo")
-    os.makedirs(target, exist_ok=True)
-    cmd = [sys.executable, script, "--seeds", *map(str, GRPO_SEEDS), "--out", target]
-    print(f"GRPO experiment: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    launch = run_command(cmd, os.path.join(target, "log.txt"), timeout)
-    record = {"returncode": launch.returncode, "seconds": round(launch.seconds, 1)}
-    if launch.returncode != 0:
-        record["why"] = f"exit status {launch.returncode}, see {os.path.join(target, 'log.txt')}"
-    print(f"GRPO experiment: {record}", file=sys.stderr, flush=True)
+    """The GRPO experiments of --full: grpo_vs_dr_grpo.py into OUT/grpo_vs_dr_grpo, grpo_benchmark.py into OUT/grpo."""
+    record = {"returncode": 0, "seconds": 0.0}
+    for name, args in (("grpo_vs_dr_grpo", ["--seeds", *map(str, GRPO_SEEDS)]), ("grpo", GRPO_BENCHMARK)):
+        script = os.path.join(ROOT, "benchmarks", "grpo_benchmark.py" if name == "grpo" else f"{name}.py")
+        target = os.path.join(out, name)
+        os.makedirs(target, exist_ok=True)
+        cmd = [sys.executable, script, *args, "--out", target]
+        print(f"GRPO experiment: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        launch = run_command(cmd, os.path.join(target, "log.txt"), timeout)
+        record["seconds"] = round(record["seconds"] + launch.seconds, 1)
+        if launch.returncode != 0:
+            record["returncode"] = launch.returncode
+            record["why"] = f"exit status {launch.returncode}, see {os.path.join(target, 'log.txt')}"
+    print(f"GRPO experiments: {record}", file=sys.stderr, flush=True)
     return record
 
 
