@@ -206,9 +206,13 @@ def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     union of every process's B advantages): the step size no longer depends on the scale of the rewards, and
     subtracting the mean is a baseline shared by the minibatch."""
     mean = advantages.mean()
-    all_mean([mean])
     square = (advantages - mean).pow(2).mean()
-    all_mean([square])
+    if dist.is_initialized():  # one call for the processes' (m_r, s_r); the union's square is mean_r s_r + (m_r - m)^2
+        stats = torch.stack([mean, square])
+        parts = [torch.empty_like(stats) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, stats)
+        means, squares = torch.stack(parts).unbind(1)
+        mean, square = means.mean(), (squares + (means - means.mean()).pow(2)).mean()
     n = len(advantages) * share()[1]
     return (advantages - mean) / (torch.sqrt(square * n / (n - 1)) + eps)
 
@@ -393,13 +397,15 @@ def update(policy, value_net, optimizer, batch, args: Args, generator: torch.Gen
     obs, actions, old_log_probs = flat(batch["obs"]), flat(batch["actions"]), flat(batch["log_probs"])
     advantages, targets, values = flat(advantages), flat(targets), flat(values)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    sums = dict.fromkeys(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0)
+    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+    sums = torch.zeros(len(names), dtype=torch.float64, device=obs.device)  # of the minibatches' means
     n_steps, stop = 0, False
     for _ in range(args.update_epochs):
         for idx in minibatches(len(obs), args.num_minibatches, generator):
             log_probs, entropy = policy.log_prob_entropy(obs[idx], actions[idx])
             kl = approx_kl(log_probs.detach(), old_log_probs[idx])  # of the policy as it is now, on this minibatch
-            all_mean([kl])  # under torchrun: on every process's minibatch, so that all stop together
+            if args.target_kl > 0:
+                all_mean([kl])  # under torchrun: on every process's minibatch, so that all stop together
             if args.target_kl > 0 and n_steps > 0 and kl > args.target_kl:
                 stop = True  # the policy has moved far enough from the one that collected the data
                 break
@@ -418,16 +424,14 @@ def update(policy, value_net, optimizer, batch, args: Args, generator: torch.Gen
             optimizer.step()
             n_steps += 1
             clipped = clip_fraction(log_probs.detach(), old_log_probs[idx], args.clip_coef)
-            means = torch.stack([pi_loss.detach(), v_loss.detach(), entropy.detach().mean(), kl, clipped])
-            all_mean([means])  # under torchrun: of every process's minibatch
-            for k, v in zip(sums, means.tolist(), strict=True):
-                sums[k] += v
+            sums += torch.stack([pi_loss.detach(), v_loss.detach(), entropy.detach().mean(), kl, clipped])
         if stop:
             break
     if not all(torch.isfinite(p).all() for p in params):
         raise FloatingPointError("parameters")
+    all_mean([sums])  # under torchrun: the mean over every process's minibatches
     return {
-        **{k: v / n_steps for k, v in sums.items()},
+        **dict(zip(names, (sums / n_steps).tolist(), strict=True)),
         "epochs": n_steps / args.num_minibatches,
         "explained_variance": explained_variance(values, targets),
     }

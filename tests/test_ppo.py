@@ -427,13 +427,14 @@ def test_a_minibatch_of_one_step_is_refused_when_advantages_are_normalised(tmp_p
 
 
 TWO_PROCESS_ARGS = dataclasses.replace(WIRING_ARGS, num_envs=4, num_minibatches=1)  # a minibatch: the union
+STOPS_IN_EPOCH_3 = {"discrete": 0.001, "box": 0.003}  # a --target-kl the union's KL passes before the 3rd epoch
 
 
-def update_on_a_share(rank: int, state: tuple) -> tuple[torch.Tensor, dict]:
+def update_on_a_share(rank: int, state: tuple, args: ppo.Args) -> tuple[torch.Tensor, dict]:
     """On process `rank` of 2: update() of state (warmed up on one process) on this process's 2 of the 4 envs."""
     state = copy.deepcopy(state)  # the processes received the tensors in shared memory: step a private copy
     batch = {k: v[:, 2 * rank : 2 * rank + 2] for k, v in fixed_batch(state[0], N=4).items()}
-    stats = ppo.update(*state, batch, TWO_PROCESS_ARGS, torch.Generator().manual_seed(4))
+    stats = ppo.update(*state, batch, args, torch.Generator().manual_seed(4))
     return flat_parameters(state), stats
 
 
@@ -442,10 +443,11 @@ def test_update_on_two_processes_is_the_update_of_one_on_their_union(space):
     """torchrun's split: each process has 2 of the 4 envs, and with one minibatch per epoch a minibatch is the
     union of the processes' halves: the same parameters (averaged gradients, advantages normalised over the union)
     and the same logged statistics as one process on all 4 envs (but the explained variance: rank 0's share's, as
-    in actor_critic.py)."""
-    state = warmed_state(space)
-    shares = on_two_processes(update_on_a_share, state)
-    stats = ppo.update(*state, fixed_batch(state[0], N=4), TWO_PROCESS_ARGS, torch.Generator().manual_seed(4))
+    in actor_critic.py). --target-kl stops every process after the same epoch: the KL tested is the union's."""
+    state, args = warmed_state(space), dataclasses.replace(TWO_PROCESS_ARGS, target_kl=STOPS_IN_EPOCH_3[space])
+    shares = on_two_processes(update_on_a_share, state, args)
+    stats = ppo.update(*state, fixed_batch(state[0], N=4), args, torch.Generator().manual_seed(4))
+    assert stats["epochs"] == 2
     for parameters, stats_of_share in shares:
         assert_close(parameters, flat_parameters(state), rtol=1e-12)
         del stats_of_share["explained_variance"]
