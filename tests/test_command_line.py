@@ -312,18 +312,22 @@ def test_same_seed_same_metrics(script, tmp_path):
     assert signal.getsignal(signal.SIGTERM) is sigterm_handler
 
 
-def readme_commands() -> list[str]:
-    """Every `python <script>.py ...` line in README.md's fenced code blocks, for the scripts at the top level,
-    without its `# comment`.
+READMES = ("README.md", "benchmarks/README.md", "tests/README.md")
 
-    `python benchmarks/...` commands are left out on purpose: they launch a script many times with full budgets
-    (minutes per command, by design), pass the script's own flags through after `--`, and may need
-    benchmarks/requirements.txt; a budget small enough for a unit test would change what they measure.
-    """
-    text = Path(ROOT, "README.md").read_text()
-    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
-    lines = [line.split(" #")[0].strip() for block in blocks for line in block.splitlines()]
-    return [line for line in lines if re.match(r"python \w+\.py\b", line)]
+
+def readme_commands() -> list[tuple[str, str]]:
+    """(README, command) for every line of the READMEs' fenced bash blocks, without its `# comment` but for a
+    `# long`, which stays: a command that runs for minutes by design (the benchmarks, whose budgets are what
+    they measure), of which only the file it runs is checked."""
+    commands = []
+    for readme in READMES:
+        text = Path(ROOT, readme).read_text()
+        for block in re.findall(r"^```bash\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            for line in block.splitlines():
+                command, _, comment = line.partition(" #")
+                if command.strip():
+                    commands.append((readme, command.strip() + (" # long" if comment.strip() == "long" else "")))
+    return commands
 
 
 @pytest.fixture(scope="module")
@@ -343,22 +347,40 @@ def checkpoint_of(tmp_path_factory):
 
 def test_the_readme_has_a_command_for_every_script():
     """Keeps the search below honest: a README code block without a command of some script would be a gap."""
-    assert {re.match(r"python (\w+)\.py", c)[1] for c in readme_commands()} >= set(SCRIPTS)
+    found = {m[1] for _, c in readme_commands() if (m := re.match(r"python (\w+)\.py", c))}
+    assert found >= set(SCRIPTS)
 
 
-@pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs(command, checkpoint_of, tmp_path, capsys):
-    """The command as written, in this process through main(); a training command gets a
-    small budget and a run directory in tmp appended (the last value of a flag wins), and a placeholder path
-    of a checkpoint, `runs/<...>/model.pt`, becomes one this test trained. A flag renamed or removed fails."""
-    script = re.match(r"python (\w+)\.py", command)[1]
-    assert script in SCRIPTS, f"the README runs {script}.py, which SCRIPTS in this file does not know yet"
-    placeholders = re.findall(r"\S*<[^>]*>\S*", command)
+@pytest.mark.parametrize("readme, command", readme_commands())
+def test_readme_command_runs(readme, command, checkpoint_of, tmp_path, capsys):
+    """`python <script>.py ...` (and `torchrun ... <script>.py ...`, on this one process) as written, through main():
+    a training command gets a small budget and a run directory in tmp appended (the last value of a flag wins),
+    and a placeholder path of a checkpoint, `runs/<...>/model.pt`, becomes one this test trained: a flag renamed
+    or removed fails. `pip install -r FILE`: FILE exists. `pytest ...`: it selects tests. `... # long`: the file
+    it runs exists. Any other line is one this test cannot check, and fails."""
+    words = shlex.split(command.removesuffix(" # long"))
+    if command.endswith(" # long"):
+        path = next(w for w in words if w.endswith(".py"))
+        assert Path(ROOT, path).is_file(), f"{readme}: {command}: no {path}"
+        return
+    if words[:3] == ["pip", "install", "-r"]:
+        files = [w for w in words[3:] if w != "-r"]
+        assert all(Path(ROOT, f).is_file() for f in files), f"{readme}: {command}"
+        return
+    if words[0] == "pytest":
+        run = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              *words[1:]], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+        assert run.returncode == 0 and " collected" in run.stdout, f"{readme}: {command}: {run.stdout[-500:]}"
+        return
+    if words[0] == "torchrun":
+        words = ["python", *words[next(i for i, w in enumerate(words) if w.endswith(".py")) :]]
+    assert words[0] == "python" and re.fullmatch(r"\w+\.py", words[1]), f"{readme}: a command this test cannot check"
+    script = words[1].removesuffix(".py")
+    assert script in SCRIPTS, f"{readme} runs {script}.py, which SCRIPTS in this file does not know yet"
+    placeholders = [w for w in words if "<" in w]
     assert all(p.endswith("model.pt") for p in placeholders), f"a placeholder this test cannot fill: {placeholders}"
-    for p in placeholders:
-        command = command.replace(p, checkpoint_of(script))
-    argv = shlex.split(command)[2:]
-    if "--eval" not in argv:
+    argv = [checkpoint_of(script) if "<" in w else w for w in words[2:]]
+    if "--eval" not in argv and "--help" not in argv:
         argv += [*SCRIPTS[script]["short"], "--run-dir", str(tmp_path / "run")]
     assert exit_status(script, argv) == 0, capsys.readouterr().err
 
