@@ -358,7 +358,9 @@ def test_readme_command_runs(readme, command, checkpoint_of, tmp_path, capsys):
     and a placeholder path of a checkpoint, `runs/<...>/model.pt`, becomes one this test trained: a flag renamed
     or removed fails. `pip install -r FILE`: FILE exists. `pytest ...`: it selects tests. `... # long`: the file
     it runs exists. Any other line is one this test cannot check, and fails."""
-    words = shlex.split(command.removesuffix(" # long"))
+    placeholders = re.findall(r"\S*<[^>]*>\S*", command)  # runs/<the run directory it printed>/model.pt
+    assert all(p.endswith("model.pt") for p in placeholders), f"a placeholder this test cannot fill: {placeholders}"
+    words = shlex.split(re.sub(r"\S*<[^>]*>\S*", "CHECKPOINT", command.removesuffix(" # long")))
     if command.endswith(" # long"):
         path = next(w for w in words if w.endswith(".py"))
         assert Path(ROOT, path).is_file(), f"{readme}: {command}: no {path}"
@@ -377,9 +379,7 @@ def test_readme_command_runs(readme, command, checkpoint_of, tmp_path, capsys):
     assert words[0] == "python" and re.fullmatch(r"\w+\.py", words[1]), f"{readme}: a command this test cannot check"
     script = words[1].removesuffix(".py")
     assert script in SCRIPTS, f"{readme} runs {script}.py, which SCRIPTS in this file does not know yet"
-    placeholders = [w for w in words if "<" in w]
-    assert all(p.endswith("model.pt") for p in placeholders), f"a placeholder this test cannot fill: {placeholders}"
-    argv = [checkpoint_of(script) if "<" in w else w for w in words[2:]]
+    argv = [checkpoint_of(script) if w == "CHECKPOINT" else w for w in words[2:]]
     if "--eval" not in argv and "--help" not in argv:
         argv += [*SCRIPTS[script]["short"], "--run-dir", str(tmp_path / "run")]
     assert exit_status(script, argv) == 0, capsys.readouterr().err
