@@ -1,7 +1,7 @@
 """Speed of 1 process against 2 under torchrun, the same total batch, on this machine.
 
-    python benchmarks/scaling.py                         # ppo.py and grpo.py, 3 repeats each, a few minutes
-    python benchmarks/scaling.py --scripts ppo --repeats 5 --out benchmarks/results/scaling.md
+    python benchmarks/scaling.py                         # ppo, ppo-wide and grpo, 3 repeats each, a few minutes
+    python benchmarks/scaling.py --scripts ppo ppo-wide grpo --repeats 3 --out benchmarks/results/scaling.md
 
 Each run is the real command line, `python <script>.py ...` or `torchrun --standalone --nproc-per-node 2 <script>.py
 ...`, with the same flags (the same total --num-envs or --prompts-per-update), one thread a process. Speed: steps
@@ -18,12 +18,15 @@ import tempfile
 
 from common import ROOT, machine_lines, read_rows, run_command
 
-SETTINGS = {  # the same total batch for 1 and 2 processes
-    "ppo": (["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "128"], "global_step"),
-    "actor_critic": (["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "16"], "global_step"),
-    "trpo": (["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "128"], "global_step"),
-    "grpo": (["--total-updates", "30", "--prompts-per-update", "16"], "tokens"),
-}
+SETTINGS = {  # name: (script, its flags: the same total batch for 1 and 2 processes, the speed's unit)
+    "ppo": ("ppo", ["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "128"], "global_step"),
+    "ppo-wide": ("ppo", ["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "256", "--num-minibatches",
+                         "2", "--hidden-size", "256"], "global_step"),  # more work per synchronisation
+    "actor_critic": ("actor_critic", ["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "16"],
+                     "global_step"),
+    "trpo": ("trpo", ["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "128"], "global_step"),
+    "grpo": ("grpo", ["--total-updates", "30", "--prompts-per-update", "16"], "tokens"),
+}  # fmt: skip
 
 
 def speed(metrics_path: str, unit: str) -> float:
@@ -37,19 +40,19 @@ def speed(metrics_path: str, unit: str) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--scripts", nargs="+", default=["ppo", "grpo"], choices=list(SETTINGS))
+    p.add_argument("--scripts", nargs="+", default=["ppo", "ppo-wide", "grpo"], choices=list(SETTINGS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="also write the table to this file")
     args = p.parse_args(argv)
     torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc-per-node", "2"]
-    lines = ["| script | 1 process | 2 processes | 2 / 1 |", "| --- | ---: | ---: | ---: |"]
+    lines = ["| setting | 1 process | 2 processes | 2 / 1 |", "| --- | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as tmp:
-        for script in args.scripts:
-            flags, unit = SETTINGS[script]
+        for name in args.scripts:
+            script, flags, unit = SETTINGS[name]
             speeds = {1: [], 2: []}
             for k in range(args.repeats):
                 for n in (1, 2) if k % 2 == 0 else (2, 1):
-                    run_dir = os.path.join(tmp, f"{script}-{n}-{k}")
+                    run_dir = os.path.join(tmp, f"{name}-{n}-{k}")
                     launcher = [sys.executable] if n == 1 else torchrun
                     cmd = [*launcher, os.path.join(ROOT, f"{script}.py"), *flags, "--run-dir", run_dir]
                     os.makedirs(run_dir)
@@ -57,10 +60,11 @@ def main(argv=None) -> None:
                     if launch.returncode != 0:
                         sys.exit(f"{' '.join(cmd)} failed: see {run_dir}/log.txt")
                     speeds[n].append(speed(os.path.join(run_dir, "metrics.csv"), unit))
-                    print(f"{script} {n} process(es): {speeds[n][-1]:.0f} {unit}/s", file=sys.stderr, flush=True)
+                    print(f"{name} {n} process(es): {speeds[n][-1]:.0f} {unit}/s", file=sys.stderr, flush=True)
             one, two = statistics.median(speeds[1]), statistics.median(speeds[2])
             unit_name = "steps/s" if unit == "global_step" else "tokens/s"
-            lines.append(f"| {script} | {one:,.0f} {unit_name} | {two:,.0f} {unit_name} | {two / one:.2f}x |")
+            shown = f"{name}: `{script}.py {' '.join(flags)}`"
+            lines.append(f"| {shown} | {one:,.0f} {unit_name} | {two:,.0f} {unit_name} | {two / one:.2f}x |")
     report = "\n".join(
         [*lines, "", *machine_lines(), "", f"`python benchmarks/scaling.py {' '.join(argv or sys.argv[1:])}`"]
     )
