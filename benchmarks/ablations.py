@@ -23,18 +23,18 @@ from solve import run_seed
 SEEDS = [1, 2, 3, 4, 5]
 ROWS = [
     # script             task           threshold  budget    flags (the defaults' row first)
-    ("reinforce.py",     "CartPole-v1",  475,      300_000,  ["--baseline", "value"]),
-    ("reinforce.py",     "CartPole-v1",  475,      300_000,  ["--baseline", "mean"]),
-    ("reinforce.py",     "CartPole-v1",  475,      300_000,  ["--baseline", "moving"]),
-    ("reinforce.py",     "CartPole-v1",  475,      300_000,  ["--baseline", "none"]),
-    ("actor_critic.py",  "CartPole-v1",  475,      300_000,  []),
-    ("actor_critic.py",  "CartPole-v1",  475,      300_000,  ["--network", "shared"]),
-    ("actor_critic.py",  "Acrobot-v1",   -100,     300_000,  ["--ent-coef", "0.01"]),
-    ("actor_critic.py",  "Acrobot-v1",   -100,     300_000,  []),
     ("ppo.py",           "CartPole-v1",  475,      100_000,  []),
     ("ppo.py",           "CartPole-v1",  475,      100_000,  ["--no-anneal-lr"]),
     ("ppo.py",           "CartPole-v1",  475,      100_000,  ["--clip-vloss"]),
     ("ppo.py",           "CartPole-v1",  475,      100_000,  ["--num-minibatches", "2"]),
+    ("actor_critic.py",  "CartPole-v1",  475,      300_000,  []),
+    ("actor_critic.py",  "CartPole-v1",  475,      300_000,  ["--network", "shared"]),
+    ("actor_critic.py",  "Acrobot-v1",   -100,     300_000,  ["--ent-coef", "0.01"]),
+    ("actor_critic.py",  "Acrobot-v1",   -100,     300_000,  []),
+    ("reinforce.py",     "CartPole-v1",  475,      300_000,  ["--baseline", "value"]),
+    ("reinforce.py",     "CartPole-v1",  475,      300_000,  ["--baseline", "mean"]),
+    ("reinforce.py",     "CartPole-v1",  475,      300_000,  ["--baseline", "moving"]),
+    ("reinforce.py",     "CartPole-v1",  475,      300_000,  ["--baseline", "none"]),
 ]  # fmt: skip
 
 
@@ -64,12 +64,16 @@ def main() -> None:
             solved = sum(s is not None for s, _ in results)
             lines.append(f"| {script} | {task} | `{' '.join(flags) or 'defaults'}` | {' | '.join(cells)} | {shown} | "
                          f"{solved}/{len(results)} |")  # fmt: skip
-    lines += ["", f"Budget: 300,000 steps a run (ppo.py: 100,000, the budget its learning rate decays over). Load "
-              f"average (1, 5, 15 min) before {load}, after {load_average()}.", "", *machine_lines()]  # fmt: skip
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            write(args.out, lines, load)  # after every row: an interrupted run keeps the rows it finished
+    print(open(args.out).read())
+
+
+def write(path: str, lines: list[str], load: str) -> None:
+    tail = ["", f"Budget: 300,000 steps a run (ppo.py: 100,000, the budget its learning rate decays over). Load "
+            f"average (1, 5, 15 min) before {load}, after {load_average()}.", "", *machine_lines()]  # fmt: skip
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines + tail) + "\n")
 
 
 if __name__ == "__main__":
