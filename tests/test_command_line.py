@@ -372,7 +372,7 @@ def test_readme_command_runs(readme, command, checkpoint_of, tmp_path, capsys):
     if words[0] == "pytest":
         run = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                               *words[1:]], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-        assert run.returncode == 0 and " collected" in run.stdout, f"{readme}: {command}: {run.stdout[-500:]}"
+        assert run.returncode == 0, f"{readme}: {command}: {run.stdout[-500:]}"  # 5: it selects no test
         return
     if words[0] == "torchrun":
         words = ["python", *words[next(i for i, w in enumerate(words) if w.endswith(".py")) :]]
