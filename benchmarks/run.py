@@ -405,7 +405,8 @@ def run_grpo(out: str, timeout: float) -> dict:
         script = os.path.join(ROOT, "benchmarks", "grpo_benchmark.py" if name == "grpo" else f"{name}.py")
         target = os.path.join(out, name)
         os.makedirs(target, exist_ok=True)
-        cmd = [sys.executable, script, *args, "--out", target]
+        shown = os.path.relpath(target, ROOT) if target.startswith(ROOT + os.sep) else target  # no local path
+        cmd = [sys.executable, script, *args, "--out", shown]
         print(f"GRPO experiment: {' '.join(cmd)}", file=sys.stderr, flush=True)
         launch = run_command(cmd, os.path.join(target, "log.txt"), timeout)
         record["seconds"] = round(record["seconds"] + launch.seconds, 1)
