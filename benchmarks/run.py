@@ -401,9 +401,10 @@ def write_reports(jobs: list[Job], records: dict[int, dict], out: str, command: 
 def run_grpo(out: str, timeout: float) -> dict:
     """The GRPO experiments of --full: grpo_vs_dr_grpo.py into OUT/grpo_vs_dr_grpo, grpo_benchmark.py into OUT/grpo."""
     record = {"returncode": 0, "seconds": 0.0}
-    for name, args in (("grpo_vs_dr_grpo", ["--seeds", *map(str, GRPO_SEEDS)]), ("grpo", GRPO_BENCHMARK)):
-        script = os.path.join(ROOT, "benchmarks", "grpo_benchmark.py" if name == "grpo" else f"{name}.py")
-        target = os.path.join(out, name)
+    experiments = [("grpo_vs_dr_grpo.py", ["--seeds", *map(str, GRPO_SEEDS)], "grpo_vs_dr_grpo"),
+                   ("grpo_benchmark.py", GRPO_BENCHMARK, "grpo")]  # fmt: skip
+    for file, args, name in experiments:
+        script, target = os.path.join(ROOT, "benchmarks", file), os.path.join(out, name)
         os.makedirs(target, exist_ok=True)
         shown = os.path.relpath(target, ROOT) if target.startswith(ROOT + os.sep) else target  # no local path
         cmd = [sys.executable, script, *args, "--out", shown]

@@ -443,7 +443,7 @@ def test_update_on_two_processes_is_the_update_of_one_on_their_union(space):
     """torchrun's split: each process has 2 of the 4 envs, and with one minibatch per epoch a minibatch is the
     union of the processes' halves: the same parameters (averaged gradients, advantages normalised over the union)
     and the same logged statistics as one process on all 4 envs (but the explained variance: rank 0's share's, as
-    in actor_critic.py). --target-kl stops every process after the same epoch: the KL tested is the union's."""
+    in actor_critic.py). --target-kl stops every process after the epoch at which one process stops."""
     state, args = warmed_state(space), dataclasses.replace(TWO_PROCESS_ARGS, target_kl=STOPS_IN_EPOCH_3[space])
     shares = on_two_processes(update_on_a_share, state, args)
     stats = ppo.update(*state, fixed_batch(state[0], N=4), args, torch.Generator().manual_seed(4))
