@@ -593,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:  # a run's checkpoint and metrics are saved already
         return 128 + (e.args[0] if e.args else signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
+    finally:
+        if dist.is_initialized():  # torchrun's processes leave the group before they exit (else gloo can abort)
+            dist.destroy_process_group()
     return 0
 
 

@@ -3,6 +3,7 @@ processes is the one-process update on the union of their data."""
 
 import os
 import socket
+import sys
 import tempfile
 
 import torch
@@ -28,5 +29,9 @@ def _process(rank: int, fn, args: tuple, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.save(fn(rank, *args), os.path.join(out, f"{rank}.pt"))
+        dist.barrier()  # neither process leaves the group while the other may still be exchanging data with it
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # a finished process skips the interpreter's teardown, where gloo's threads have aborted one (SIGABRT)
