@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import math
 import operator
 import os
@@ -388,6 +389,8 @@ def setup(args: Args) -> torch.device:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)
+        importlib.import_module("torch._dynamo")  # which torch.optim imports on first use: imported after the group
+        # exists, it holds it, destroy_process_group() cannot free it, and gloo's threads can abort the exit (SIGABRT)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
     return device

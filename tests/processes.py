@@ -1,9 +1,9 @@
 """Run a function on 2 processes joined as torchrun joins them (gloo on CPU): for the tests that prove an update on R
 processes is the one-process update on the union of their data."""
 
+import importlib
 import os
 import socket
-import sys
 import tempfile
 
 import torch
@@ -26,12 +26,10 @@ def _process(rank: int, fn, args: tuple, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")  # fmt: skip
     torch.set_num_threads(1)
+    importlib.import_module("torch._dynamo")  # before the group, as each script's setup() does (it says why)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.save(fn(rank, *args), os.path.join(out, f"{rank}.pt"))
         dist.barrier()  # neither process leaves the group while the other may still be exchanging data with it
     finally:
         dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # a finished process skips the interpreter's teardown, where gloo's threads have aborted one (SIGABRT)

@@ -511,10 +511,25 @@ TORCHRUN = ["ppo", "grpo"]  # the update's equality with one process's is proved
 OPTIONAL = {"episodes.csv", "groups.csv"}  # the Gymnasium scripts' episodes, the GRPO scripts' groups
 
 
+# Each process runs the script as `python script.py` would (__main__), then exits 3 if a thread of gloo's outlives
+# it: a process group that destroy_process_group() could not free, whose threads can abort the exit (SIGABRT).
+AS_MAIN = """import os, runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    status = e.code
+tasks = "/proc/self/task"  # the process's threads, by name (Linux)
+names = [open(f"{tasks}/{t}/comm").read() for t in os.listdir(tasks)] if os.path.isdir(tasks) else []
+sys.exit(3 if any("gloo" in name for name in names) else status)
+"""
+
+
 @pytest.mark.parametrize("script", TORCHRUN)
 def test_torchrun_on_two_processes_trains_into_one_run_directory(script, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    command = [torchrun, "--standalone", "--nproc-per-node", "2", os.path.join(ROOT, f"{script}.py")]
+    (tmp_path / "as_main.py").write_text(AS_MAIN)
+    command = [torchrun, "--standalone", "--nproc-per-node", "2", "as_main.py", os.path.join(ROOT, f"{script}.py")]
     out = subprocess.run(
         [*command, *SCRIPTS[script]["short"]], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
