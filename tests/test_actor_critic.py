@@ -355,20 +355,29 @@ def test_every_hyperparameter_of_the_loss_reaches_update(network):
     )
 
 
-def update_on_a_share(rank: int, network: str) -> torch.Tensor:
-    """On process `rank` of 2: the wiring state, then update() on this process's half of the envs; the parameters."""
-    state, _ = actor_critic_state(network)
-    ac.update(*state, {k: v[:, 2 * rank : 2 * rank + 2] for k, v in rollout_batch(3, N=4).items()}, WIRING_ARGS)
-    return flat_parameters(state)
+NETWORKS = ["separate", "shared"]
 
 
-@pytest.mark.parametrize("network", ["separate", "shared"])
-def test_update_on_two_processes_is_the_update_of_one_on_their_union(network):
-    """torchrun's split: each process has 2 of the 4 envs; the averaged gradient is that of the mean over all 4."""
-    state, _ = actor_critic_state(network)
-    ac.update(*state, rollout_batch(3, N=4), WIRING_ARGS)
-    for parameters in on_two_processes(update_on_a_share, network):
-        assert_close(parameters, flat_parameters(state), rtol=1e-12)
+def update_on_a_share(rank: int) -> dict[str, torch.Tensor]:
+    """On process `rank` of 2, for each network: the wiring state, then update() on this process's half of the envs;
+    the parameters."""
+    shares = {}
+    for network in NETWORKS:
+        state, _ = actor_critic_state(network)
+        ac.update(*state, {k: v[:, 2 * rank : 2 * rank + 2] for k, v in rollout_batch(3, N=4).items()}, WIRING_ARGS)
+        shares[network] = flat_parameters(state)
+    return shares
+
+
+def test_update_on_two_processes_is_the_update_of_one_on_their_union():
+    """torchrun's split: each process has 2 of the 4 envs; the averaged gradient is that of the mean over all 4
+    (both networks in one pair of processes: a spawn costs seconds)."""
+    two = on_two_processes(update_on_a_share)
+    for network in NETWORKS:
+        state, _ = actor_critic_state(network)
+        ac.update(*state, rollout_batch(3, N=4), WIRING_ARGS)
+        for shares in two:
+            assert_close(shares[network], flat_parameters(state), rtol=1e-12)
 
 
 def test_every_update_steps_once_at_the_constant_learning_rate(tmp_path, monkeypatch):

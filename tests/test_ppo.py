@@ -438,23 +438,7 @@ def update_on_a_share(rank: int, state: tuple, args: ppo.Args) -> tuple[torch.Te
     return flat_parameters(state), stats
 
 
-@pytest.mark.parametrize("space", SPACES)
-def test_update_on_two_processes_is_the_update_of_one_on_their_union(space):
-    """torchrun's split: each process has 2 of the 4 envs, and with one minibatch per epoch a minibatch is the
-    union of the processes' halves: the same parameters (averaged gradients, advantages normalised over the union)
-    and the same logged statistics as one process on all 4 envs (but the explained variance: rank 0's share's, as
-    in actor_critic.py). --target-kl stops every process after the epoch at which one process stops."""
-    state, args = warmed_state(space), dataclasses.replace(TWO_PROCESS_ARGS, target_kl=STOPS_IN_EPOCH_3[space])
-    shares = on_two_processes(update_on_a_share, state, args)
-    stats = ppo.update(*state, fixed_batch(state[0], N=4), args, torch.Generator().manual_seed(4))
-    assert stats["epochs"] == 2
-    for parameters, stats_of_share in shares:
-        assert_close(parameters, flat_parameters(state), rtol=1e-12)
-        del stats_of_share["explained_variance"]
-        assert stats_of_share == pytest.approx({k: v for k, v in stats.items() if k != "explained_variance"}, rel=1e-9)
-
-
-def normalise_a_share(rank: int) -> dict:
+def normalise_a_share(rank: int | None) -> dict:
     """On process `rank` of 2 (or of 1 if rank is None): a Normalizer fed its envs' part of 6 steps of 4 envs."""
     envs = slice(None) if rank is None else slice(2 * rank, 2 * rank + 2)
     normalizer = ppo.Normalizer((3,), 4 if rank is None else 2, 0.9, norm_obs=True, norm_reward=True)
@@ -466,11 +450,35 @@ def normalise_a_share(rank: int) -> dict:
     return normalizer.state_dict()
 
 
-def test_the_normaliser_on_two_processes_has_the_statistics_of_all_envs():
+def on_a_share(rank: int, states: dict, args: dict) -> dict:
+    """On process `rank` of 2: update_on_a_share for each action space, and normalise_a_share (one spawn for all:
+    a spawn costs seconds)."""
+    return {"normaliser": normalise_a_share(rank), **{k: update_on_a_share(rank, states[k], args[k]) for k in states}}
+
+
+def test_update_on_two_processes_is_the_update_of_one_on_their_union():
+    """torchrun's split: each process has 2 of the 4 envs, and with one minibatch per epoch a minibatch is the
+    union of the processes' halves: the same parameters (averaged gradients, advantages normalised over the union)
+    and the same logged statistics as one process on all 4 envs (but the explained variance: rank 0's share's, as
+    in actor_critic.py). --target-kl stops every process after the epoch at which one process stops. The running
+    observation and reward statistics of 2 processes are those of one process that steps all 4 envs."""
+    states = {space: warmed_state(space) for space in SPACES}
+    args = {space: dataclasses.replace(TWO_PROCESS_ARGS, target_kl=STOPS_IN_EPOCH_3[space]) for space in SPACES}
+    two = on_two_processes(on_a_share, states, args)
+    for space in SPACES:
+        state = states[space]
+        stats = ppo.update(*state, fixed_batch(state[0], N=4), args[space], torch.Generator().manual_seed(4))
+        assert stats["epochs"] == 2
+        for process in two:
+            parameters, stats_of_share = process[space]
+            assert_close(parameters, flat_parameters(state), rtol=1e-12)
+            del stats_of_share["explained_variance"]
+            expected = {k: v for k, v in stats.items() if k != "explained_variance"}
+            assert stats_of_share == pytest.approx(expected, rel=1e-9), space
     one = normalise_a_share(None)
-    for two in on_two_processes(normalise_a_share):
+    for process in two:
         for k in one:
-            assert_close(two[k], one[k], rtol=1e-12)
+            assert_close(process["normaliser"][k], one[k], rtol=1e-12)
 
 
 def test_the_minibatches_of_an_epoch_are_a_permutation_of_the_batch():
