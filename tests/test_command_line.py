@@ -519,8 +519,12 @@ try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 except SystemExit as e:
     status = e.code
-tasks = "/proc/self/task"  # the process's threads, by name (Linux)
-names = [open(f"{tasks}/{t}/comm").read() for t in os.listdir(tasks)] if os.path.isdir(tasks) else []
+tasks, names = "/proc/self/task", []  # the process's threads, by name (Linux)
+for t in os.listdir(tasks) if os.path.isdir(tasks) else []:
+    try:
+        names.append(open(f"{tasks}/{t}/comm").read())
+    except OSError:  # a thread that ended meanwhile
+        pass
 sys.exit(3 if any("gloo" in name for name in names) else status)
 """
 
