@@ -324,8 +324,9 @@ def setup(args: Args) -> torch.device:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)
-        importlib.import_module("torch._dynamo")  # which torch.optim imports on first use: imported after the group
-        # exists, it holds it, destroy_process_group() cannot free it, and gloo's threads can abort the exit (SIGABRT)
+        # torch.optim imports torch._dynamo on first use; imported after the group exists, it keeps references to the
+        # group, which destroy_process_group() then cannot free, and gloo's leftover threads can abort the exit.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
     return device
