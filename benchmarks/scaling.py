@@ -1,7 +1,7 @@
 """Speed of 1 process against 2 under torchrun, the same total batch, on this machine.
 
-    python benchmarks/scaling.py                         # ppo, ppo-wide and grpo, 3 repeats each, a few minutes
-    python benchmarks/scaling.py --scripts ppo ppo-wide grpo --repeats 3 --out benchmarks/results/scaling.md
+    python benchmarks/scaling.py                         # ppo, ppo-large and grpo, 3 repeats each, a few minutes
+    python benchmarks/scaling.py --scripts ppo ppo-large grpo --repeats 3 --out benchmarks/results/scaling.md
 
 Each run is the real command line, `python <script>.py ...` or `torchrun --standalone --nproc-per-node 2 <script>.py
 ...`, with the same flags (the same total --num-envs or --prompts-per-update), one thread a process. Speed: steps
@@ -20,8 +20,9 @@ from common import ROOT, machine_lines, read_rows, run_command
 
 SETTINGS = {  # name: (script, its flags: the same total batch for 1 and 2 processes, the speed's unit)
     "ppo": ("ppo", ["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "128"], "global_step"),
-    "ppo-wide": ("ppo", ["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "256", "--num-minibatches",
-                         "2", "--hidden-size", "256"], "global_step"),  # more work per synchronisation
+    "ppo-large": ("ppo", ["--env-id", "Acrobot-v1", "--total-timesteps", "65536", "--num-envs", "32", "--num-steps",
+                          "256", "--num-minibatches", "2", "--hidden-size", "256", "--update-epochs", "4"],
+                  "global_step"),  # work that grows with the batch: costlier env steps, 256-wide nets, 4096 a step
     "actor_critic": ("actor_critic", ["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "16"],
                      "global_step"),
     "trpo": ("trpo", ["--total-timesteps", "40960", "--num-envs", "8", "--num-steps", "128"], "global_step"),
@@ -40,7 +41,7 @@ def speed(metrics_path: str, unit: str) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--scripts", nargs="+", default=["ppo", "ppo-wide", "grpo"], choices=list(SETTINGS))
+    p.add_argument("--scripts", nargs="+", default=["ppo", "ppo-large", "grpo"], choices=list(SETTINGS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="also write the table to this file")
     args = p.parse_args(argv)
