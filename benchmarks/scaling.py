@@ -1,6 +1,6 @@
 """Speed of 1 process against 2 under torchrun, the same total batch, on this machine.
 
-    python benchmarks/scaling.py                         # ppo, ppo-large and grpo, 3 repeats each: 8 min here
+    python benchmarks/scaling.py                         # ppo, ppo-large and grpo, 3 repeats each: 6 min here
     python benchmarks/scaling.py --scripts ppo ppo-large grpo --repeats 3 --out benchmarks/results/scaling.md
 
 Each run is the real command line, `python <script>.py ...` or `torchrun --standalone --nproc-per-node 2 <script>.py
