@@ -3,8 +3,8 @@
 The idea. PPO needs a critic to tell a good action from a lucky one. GRPO (Shao et al. 2024, DeepSeekMath, eq. 3), for
 a language model that answers a prompt q with a completion o and gets one reward r(q, o) at its end, drops the critic:
 it samples a *group* of G completions of the same prompt and scores each one against the others, every token of a
-completion by the same amount. A KL penalty keeps the policy near a frozen reference (the initial model); PPO's clip
-keeps each update small.
+completion by the same amount. A KL penalty keeps the policy near a frozen reference (the initial model), and PPO's
+clip takes away any gain from moving a token's ratio past 1 +- clip_eps (it does not bound the move).
 
 Objective and gradient, with the names used in the code (B prompts, G completions each, o_i of |o_i| tokens counted up
 to and including its end-of-sequence token):
@@ -25,21 +25,21 @@ loss has the expected gradient beta grad KL(pi_ref || pi_theta), the forward KL,
 itself (weighting each token's penalty by rho would restore it; DeepSeekMath and TRL do not), and at each prefix
 only up to the 1/|o_i| weights, which depend on the tokens that follow it.
 What changed since ppo.py: no critic (the group is the baseline); one advantage per completion, normalised within its
-group; a KL penalty to a frozen reference in the loss instead of the reward; the policy is a causal language model
-that samples token by token until end-of-sequence. What dr_grpo.py changes (and nothing else): group_advantages()
-drops the division by the std, aggregate() divides each token sum by a constant instead of |o_i|; beta defaults to 0.
+group; a KL penalty to a frozen reference, in the loss (ppo.py has none; RLHF's PPO, as in Ouyang et al. 2022,
+subtracts it from the reward instead); the policy is a causal language model that samples token by token until
+end-of-sequence. What dr_grpo.py changes (and nothing else): group_advantages() drops the division by the std,
+aggregate() divides each token sum by a constant instead of |o_i|; beta defaults to 0.
 The task (--task, a laptop CPU learns it in a minute or two): a prompt "4 7 2 =" gets reward 1 if its completion
 starts with the answer digit (max: 7; sum mod 10: 3), else 0, whatever follows up to the end-of-sequence token: how
 long right and wrong completions get is up to the policy, which is where GRPO's length bias can show.
-References: Shao et al. 2024 (DeepSeekMath, GRPO); Schulman et al. 2017 (PPO); Schulman 2020 ("Approximating KL
-divergence", k1/k2/k3); Liu et al. 2025 ("Understanding R1-Zero-like training", Dr. GRPO).
+References: Shao et al. 2024 (DeepSeekMath, GRPO); Schulman et al. 2017 (PPO); Ouyang et al. 2022 (InstructGPT);
+Schulman 2020 ("Approximating KL divergence", k1/k2/k3); Liu et al. 2025 ("Understanding R1-Zero-like training").
 Run:  python grpo.py --help
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import importlib
 import math
@@ -316,6 +316,16 @@ def rollout(policy: nn.Module, reference: nn.Module, task: Task, args: Args, gen
 
 
 # ---- Update ---------------------------------------------------------------------------------------------------------
+def all_mean(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor in place over torchrun's processes, whose batches together are the one batch of one process
+    (in one all_reduce: the tensors travel as one flat vector); without torchrun, leave them as they are."""
+    if dist.is_initialized():
+        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+        dist.all_reduce(flat)
+        for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
+            tensor.copy_(part.view_as(tensor) / dist.get_world_size())
+
+
 def update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, args: Args) -> dict[str, float]:
     """num_iterations gradient steps on one batch of groups; pi_old is the sampler, fixed throughout. Under torchrun
     each of R processes holds B/R whole groups: its loss is the mean over its B/R prompts, so the mean of the R
@@ -326,7 +336,7 @@ def update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, arg
         loss = grpo_loss(logp, batch["logp"], batch["ref_logp"], batch["advantages"], mask,
                          args.clip_eps, args.beta, args.kl_estimator)  # fmt: skip
         if not torch.isfinite(loss):
-            raise FloatingPointError("loss")
+            raise FloatingPointError("non-finite loss")
         optimizer.zero_grad()
         loss.backward()
         all_mean([p.grad for p in policy.parameters()])  # under torchrun: the gradient of the loss over all B groups
@@ -334,12 +344,12 @@ def update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, arg
             nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
         optimizer.step()
         with torch.no_grad():
-            kl = (kl_penalty(logp, batch["ref_logp"], "k3") * mask).sum()  # the sums of the token means below
+            kl = torch.where(mask.bool(), kl_penalty(logp, batch["ref_logp"], "k3"), 0.0).sum()  # as the loss masks
             clipped = clip_fraction(logp, batch["logp"], batch["advantages"], mask, args.clip_eps) * tokens
             sums = sums + torch.stack([loss.detach(), kl, clipped, tokens]) / args.num_iterations
     all_mean([sums])  # under torchrun: the loss over all B groups, the sums and the token count over every process
     if not all(torch.isfinite(p).all() for p in policy.parameters()):
-        raise FloatingPointError("parameters")
+        raise FloatingPointError("non-finite parameters")
     return {"loss": sums[0].item(), "kl": (sums[1] / sums[3]).item(), "clip_fraction": (sums[2] / sums[3]).item()}
 
 
@@ -357,13 +367,12 @@ def train(args: Args) -> dict[str, float]:
             batch = rollout(policy, reference, task, args, generator)
             stats = update(policy, optimizer, batch, args)
             run.log(batch, {**stats, "eval_accuracy": task.accuracy(policy)})
-    return run.summary
+    return run.row
 
 
 # ---- everything below is plumbing, not reinforcement learning -------------------------------------------------------
-# setup() seeds and picks the device; Run writes a training run (its directory, metrics.csv, groups.csv, model.pt,
-# progress lines) and handles Ctrl-C, SIGTERM and non-finite numbers; load_checkpoint() and evaluate() serve --eval;
-# validate() and main() the command line. Every error a user can cause is a ValueError: one line, exit status 2.
+# Seeds and device (under torchrun, the process group), the run's files and its end (Ctrl-C, SIGTERM, a non-finite
+# number), --eval and the command line. Every error a user can cause is a ValueError: one line and exit status 2.
 ALGO = "grpo"
 
 
@@ -371,8 +380,7 @@ def setup(args: Args) -> torch.device:
     torch.manual_seed(args.seed)  # alike on every process: the networks start identical (nothing draws from numpy's)
     torch.set_num_threads(args.torch_threads)
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    rank, world = share()
-    if world > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
+    if share()[1] > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)
@@ -380,23 +388,13 @@ def setup(args: Args) -> torch.device:
         # group, which destroy_process_group() then cannot free, and gloo's leftover threads can abort the exit.
         importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
+        sys.stdout = sys.stdout if share()[0] == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
     return device
 
 
 def share() -> tuple[int, int]:
     """(rank, number of processes), as torchrun sets them; (0, 1) for a plain `python script.py`."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def all_mean(tensors: list[torch.Tensor]) -> None:
-    """Average each tensor in place over the processes, whose batches together are the one batch of one process
-    (in one all_reduce: the tensors travel as one flat vector)."""
-    if dist.is_initialized():
-        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
-        dist.all_reduce(flat)
-        for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
-            tensor.copy_(part.view_as(tensor) / dist.get_world_size())
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
@@ -408,50 +406,25 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def interrupt(signum, frame):
-    raise KeyboardInterrupt(signum)  # Ctrl-C (SIGINT), or SIGTERM from a scheduler, `timeout`, `docker stop`
-
-
 class Run:
     """`with Run(args, checkpoint) as run:` around the training loop. run.log(batch, stats) after each update: a row of
-    metrics.csv, one of groups.csv per group, and every --log-interval updates (and at the end) model.pt, {algo, args,
-    vocab, num_digits, global_step: the updates} and the dict checkpoint() returns, and a progress line. Ctrl-C or
-    SIGTERM: save, exit 130 or 143. A FloatingPointError: exit 1, keeping the last good checkpoint."""
+    metrics.csv, one of groups.csv per group, and every --log-interval updates and at the end a progress line and
+    model.pt, one dict of checkpoint()'s state dicts, the args, the vocabulary and the step (updates). Ctrl-C and
+    SIGTERM save it and exit 130 and 143; a FloatingPointError exits 1 and keeps the last one."""
 
     def __init__(self, args: Args, checkpoint):
-        self.args, self.checkpoint, self.global_step, self.saved, self.row = args, checkpoint, 0, False, {}
+        name = f"{ALGO}__{args.task}__{args.seed}__{int(time.time())}_{os.getpid()}"  # never shared
+        self.dir, self.rank, self.world = args.run_dir or os.path.join("runs", name), *share()  # rank 0 alone writes
+        devnull = [open(os.devnull, "w")] * 2
+        self.metrics, self.groups = open_run_dir(self.dir, args.overwrite) if self.rank == 0 else devnull
+        print("global_step,p_right,n_right,advantage_right,advantage_wrong", file=self.groups, flush=True)
+        print(f"{ALGO} on task {args.task} | run dir {self.dir}")
+        self.args, self.checkpoint, self.global_step, self.saved = args, checkpoint, 0, False
+        self.start = self.last = time.time()
 
     def __enter__(self) -> Run:
-        rank, self.world = share()
-        self.dir = self.model_path = ""
-        self.metrics, self.groups = open(os.devnull, "w"), open(os.devnull, "w")
-        if rank == 0:  # rank 0 alone writes the run directory
-            self.open_run_dir()
-        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
-        self.start = self.last = time.time()
+        self.sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM: stop as Ctrl-C does
         return self
-
-    def open_run_dir(self) -> None:
-        self.dir = self.args.run_dir
-        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
-        if held and not self.args.overwrite:
-            raise ValueError(f"--run-dir {self.dir} already holds a run ({held[0]}); add --overwrite to replace it")
-        try:
-            if not self.dir:  # runs/<algo>__<task>__<seed>__<time>, or _2, _3, ... after it if a run took that name
-                base = os.path.join("runs", f"{ALGO}__{self.args.task}__{self.args.seed}__{int(time.time())}")
-                os.makedirs("runs", exist_ok=True)
-                for self.dir in (base, *(f"{base}_{k}" for k in range(2, 100))):
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(self.dir)  # atomic: of two runs started at once, one gets the name
-                        break
-            os.makedirs(self.dir, exist_ok=True)
-            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
-            self.groups = open(os.path.join(self.dir, "groups.csv"), "w")
-        except OSError as e:
-            raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
-        print("global_step,p_right,n_right,advantage_right,advantage_wrong", file=self.groups, flush=True)
-        self.model_path = os.path.join(self.dir, "model.pt")
-        print(f"{ALGO} on task {self.args.task} | {self.world} process(es) | run dir {self.dir}")
 
     def log(self, batch: dict[str, torch.Tensor], stats: dict[str, float]) -> None:
         now, self.global_step = time.time(), self.global_step + 1
@@ -469,100 +442,77 @@ class Run:
         columns = (batch["p_right"], n_right, (advantages * right).sum(-1) / n_right,  # nan: no right completion
                    (advantages * ~right).sum(-1) / (right.shape[-1] - n_right))  # fmt: skip
         for group in zip(*(c.tolist() for c in columns), strict=True):
-            print(self.global_step, *group, sep=",", file=self.groups)
-        self.groups.flush()
+            print(self.global_step, *group, sep=",", file=self.groups, flush=True)
         self.last = now
         if self.global_step % self.args.log_interval == 0 or self.global_step >= self.args.total_updates:
             self.save()
             numbers = " | ".join(f"{k} {v:.4g}" for k, v in self.row.items() if k != "global_step")
             print(f"update {self.global_step:>5} | {numbers}")
 
-    def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
-        if not self.model_path:  # a process other than rank 0
+    def save(self) -> None:  # to a temporary file, then renamed: model.pt is never a partial file
+        if self.rank > 0:
             return
-        state = {"algo": ALGO, "args": asdict(self.args), "vocab": VOCAB, "num_digits": NUM_DIGITS,
-                 "global_step": self.global_step}  # fmt: skip
-        tmp = f"{self.model_path}.{os.getpid()}.tmp"
-        try:
-            torch.save({**state, **self.checkpoint()}, tmp)
-            os.replace(tmp, self.model_path)
-            self.saved = True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)  # there only if the save was interrupted
+        state = {"algo": ALGO, "args": asdict(self.args), "vocab": VOCAB, "global_step": self.global_step}
+        torch.save({**state, **self.checkpoint()}, os.path.join(self.dir, f"model.pt.{os.getpid()}"))
+        os.replace(os.path.join(self.dir, f"model.pt.{os.getpid()}"), os.path.join(self.dir, "model.pt"))
+        self.saved = True
 
     def __exit__(self, kind, error, traceback) -> None:
-        self.metrics.close()
-        self.groups.close()
-        signals = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}  # no 2nd Ctrl-C now
-        try:
-            if isinstance(error, KeyboardInterrupt):  # main() then exits 128 + the signal's number: 130 or 143
-                self.save()
-                if self.dir:  # rank 0
-                    print(f"\ninterrupted at update {self.global_step}; saved in {self.dir}", file=sys.stderr)
-            elif isinstance(error, FloatingPointError):
-                kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
-                print(f"stopped: non-finite {error} at update {self.global_step + 1}; {kept}", file=sys.stderr)
-                raise SystemExit(1) from None
-            elif error is None:
-                seconds, accuracy = time.time() - self.start, self.row["eval_accuracy"]
-                self.summary = {"global_step": self.global_step, "eval_accuracy": accuracy, "seconds": seconds}
-                print(f"done: {self.global_step} updates in {seconds:.1f} s; greedy accuracy on the held-out prompts "
-                      f"{accuracy:.3f}; files in {self.dir}")  # fmt: skip
-        finally:
-            signal.signal(signal.SIGINT, signals[signal.SIGINT])
-            signal.signal(signal.SIGTERM, self.previous_sigterm)
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C or SIGTERM waits for this save
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            self.save()
+            if self.rank == 0:
+                print(f"\ninterrupted at update {self.global_step}; saved in {self.dir}", file=sys.stderr)
+        signal.signal(signal.SIGINT, sigint)
+        signal.signal(signal.SIGTERM, self.sigterm)
+        if isinstance(error, FloatingPointError):
+            kept = f"the last good checkpoint is {self.dir}/model.pt" if self.saved else "no checkpoint was saved"
+            print(f"stopped: {error.args[0]} at update {self.global_step + 1}; {kept}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if error is None:
+            print(f"done: {self.global_step} updates in {time.time() - self.start:.1f} s; greedy accuracy on the "
+                  f"held-out prompts {self.row['eval_accuracy']:.3f}; files in {self.dir}")  # fmt: skip
 
 
-def load_checkpoint(path: str) -> dict:
+def open_run_dir(run_dir: str, overwrite: bool) -> tuple:
+    """metrics.csv and groups.csv in run_dir, opened for writing; metrics.csv must be new unless overwrite (mode "x":
+    of two runs started at once in one directory, one gets it). Else a ValueError, before anything is written."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: a file runs no code
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint not found: {path}") from None
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-    if not isinstance(state, dict) or state.get("algo") != ALGO:
-        raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
-    names, parts = {f.name for f in fields(Args)}, ("args", "vocab", "num_digits", "global_step", "policy")
-    if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
-        raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
-    if state["vocab"] != VOCAB or state["num_digits"] != NUM_DIGITS:
-        raise ValueError(f"{path} was trained with another vocabulary or prompt length than this {ALGO}.py")
-    try:
-        validate(Args(**{**state["args"], "device": "auto"}))  # trained on CUDA, it may be evaluated on a CPU
-    except (TypeError, ValueError) as e:  # TypeError: a value of another type than its flag's
-        raise ValueError(f"{path}: {e}") from None
-    tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
-    if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
-        raise ValueError(f"{path} holds non-finite weights")
-    return state
+        os.makedirs(run_dir, exist_ok=True)
+        metrics = open(os.path.join(run_dir, "metrics.csv"), "w" if overwrite else "x")
+        return metrics, open(os.path.join(run_dir, "groups.csv"), "w")
+    except FileExistsError:
+        raise ValueError(f"--run-dir {run_dir} already holds a run; add --overwrite to replace it") from None
+    except OSError as e:
+        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror}") from None
 
 
-def evaluate(path: str, device_name: str = "auto") -> tuple[float, int, str]:
-    """Load a model.pt: (its greedy accuracy on its task's held-out prompts, their number, an example)."""
-    state = load_checkpoint(path)
-    args = Args(**{**state["args"], "device": device_name})
-    device = setup(args)
-    policy = make_policy(args).to(device)
-    try:
+def evaluate(args: Args) -> None:
+    """Print the greedy accuracy of the policy in args.eval on its task's held-out prompts, with an example."""
+    try:  # weights_only: loading runs no code
+        state = torch.load(args.eval, map_location="cpu", weights_only=True)
+        trained = Args(**{**state["args"], "device": args.device})
+        device = setup(trained)
+        task, policy = Task(trained.task, device), make_policy(trained).to(device)
         policy.load_state_dict(state["policy"])
-    except RuntimeError:
-        raise ValueError(f"{path}: the weights do not fit the network its args describe") from None
-    task = Task(args.task, device)
-    greedy = sample(policy, task.eval_prompts[:1], 1, args.max_completion_len, EOS, None, greedy=True)
+    except Exception as e:  # no such file, not one torch reads without running code, or not a policy of these args
+        raise ValueError(f"cannot load {args.eval} as a checkpoint of this {ALGO}.py ({type(e).__name__})") from None
+    if state["algo"] != ALGO or not all(torch.isfinite(p).all() for p in policy.parameters()):
+        raise ValueError(f"{args.eval} holds a {state['algo']}.py policy, not a {ALGO}.py one with finite weights")
+    greedy = sample(policy, task.eval_prompts[:1], 1, trained.max_completion_len, EOS, None, greedy=True)
     example = " ".join(VOCAB[t] for t in torch.cat([task.eval_prompts[0], greedy["completions"][0, 0]]).tolist())
-    return task.accuracy(policy), len(task.eval_prompts), example
+    print(f"eval {args.eval}: greedy accuracy {task.accuracy(policy):.3f} on {len(task.eval_prompts)} held-out "
+          f"prompts (e.g. {example})")  # fmt: skip
 
 
 def validate(args: Args) -> None:
     bounds = {"above": (operator.gt, ">"), "at_least": (operator.ge, ">="), "below": (operator.lt, "<"),
               "at_most": (operator.le, "<=")}  # fmt: skip
     for f in fields(args):
-        flag, value, choices = "--" + f.name.replace("_", "-"), getattr(args, f.name), f.metadata["choices"]
+        flag, value = "--" + f.name.replace("_", "-"), getattr(args, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{flag} must be a finite number (got {value})")
-        if choices is not None and value not in choices:
-            raise ValueError(f"{flag} must be one of {', '.join(choices)} (got {value})")
         for bound, (holds, words) in bounds.items():
             if f.metadata[bound] is not None and not holds(value, f.metadata[bound]):
                 raise ValueError(f"{flag} must be {words} {f.metadata[bound]} (got {value})")
@@ -572,31 +522,26 @@ def validate(args: Args) -> None:
         raise ValueError(problem)
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2, not argparse's usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog=f"{ALGO}.py", description=__doc__.split("\n")[0], allow_abbrev=False,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(  # argument_default=SUPPRESS: the flags given, no more (Args has the defaults)
+        prog=f"{ALGO}.py", description=__doc__.split("\n")[0], allow_abbrev=False, argument_default=argparse.SUPPRESS
+    )
     for f in fields(Args):
         kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
-        parser.add_argument("--" + f.name.replace("_", "-"), **kind, default=f.default, choices=f.metadata["choices"],
-                            help=f.metadata["help"])  # fmt: skip
-    args = Args(**vars(parser.parse_args(argv)))
+        parser.add_argument("--" + f.name.replace("_", "-"), **kind, choices=f.metadata["choices"],
+                            help=f"{f.metadata['help']} (default: {f.default})")  # fmt: skip
+    args = Args(**vars(parser.parse_args(argv)))  # argparse's own error for an unknown flag or a malformed value
     try:
         validate(args)
         if args.eval:
-            accuracy, n, example = evaluate(args.eval, args.device)
-            print(f"eval {args.eval}: greedy accuracy {accuracy:.3f} on {n} held-out prompts (e.g. {example})")
+            evaluate(args)
         else:
             train(args)
     except ValueError as e:
         print(f"{ALGO}.py: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # a run's checkpoint and metrics are saved already
-        return 128 + (e.args[0] if e.args else signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C: a training run is saved already
+        return 130
     finally:
         if dist.is_initialized():  # torchrun's processes leave the group before they exit (else gloo can abort)
             dist.destroy_process_group()

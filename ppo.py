@@ -24,13 +24,14 @@ say how far: approx_kl(), the k3 estimator of KL(pi_old || pi_theta), and clip_f
 with |ratio_t - 1| > eps, as CleanRL and Stable-Baselines3 count it (the GRPO scripts' clip_fraction counts the
 tokens whose gradient the clip zeroes). --target-kl ends the epochs once a minibatch's KL passes it.
 Normalisation (Normalizer): --norm-obs centres observations and divides them by their running std; --norm-reward
-divides rewards (without centring: their mean is not kept) by the running std of each env's discounted return
-R <- gamma R + r. The statistics start as Stable-Baselines3's RunningMeanStd (mean 0, variance 1, count 1e-4) and
-travel in the checkpoint.
+divides rewards, with no mean subtracted, by one running std pooled over all envs of the discounted returns
+R <- gamma R + r (each env keeps its own R). The statistics start as Stable-Baselines3's RunningMeanStd (mean 0,
+variance 1, count 1e-4) and travel in the checkpoint.
 What changed since actor_critic.py: K epochs of shuffled minibatches per rollout instead of one step; the clipped
-ratio surrogate instead of log pi * A (value and gradient agree at theta = theta_old), with the acting policy's
-log-probabilities stored in the rollout; advantage normalisation; a learning rate that decays linearly to 0
-(--no-anneal-lr keeps it); optional value clipping and normalisation; KL diagnostics.
+ratio surrogate instead of log pi * A (at theta = theta_old the two agree in gradient, not in value: the surrogate
+is then mean_t A_t), with the acting policy's log-probabilities stored in the rollout; advantage normalisation; a
+learning rate that decays linearly to 0 (--no-anneal-lr keeps it); optional value clipping and normalisation; KL
+diagnostics.
 What changed since trpo.py: no hard KL constraint, natural gradient or line search, but a clip that makes moving
 further worthless to the objective, and first-order Adam steps: a stand-in for the trust region, not one.
 References: Schulman et al. 2017 (PPO), 2016 (GAE), 2015 (TRPO); Engstrom et al. 2020; Andrychowicz et al. 2021;
@@ -41,7 +42,6 @@ Run:  python ppo.py --help
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import math
 import operator
@@ -81,13 +81,13 @@ class Args:
     num_minibatches: int = arg(4, "minibatches per epoch; must divide N*T", at_least=1)
     norm_adv: bool = arg(True, "normalise the advantages of each minibatch to mean 0, std 1")
     clip_coef: float = arg(0.2, "eps: the ratio's clip range [1 - eps, 1 + eps] (and the value clip's)", above=0)
-    clip_vloss: bool = arg(False, "clip the critic's change per rollout to +-clip_coef around its old values")
+    clip_vloss: bool = arg(False, "value loss: the larger of the squared errors of V and of V_old + clip(V - V_old)")
     ent_coef: float = arg(0.0, "weight of the entropy bonus in the loss", at_least=0)
     vf_coef: float = arg(0.5, "weight of the critic's loss in the joint loss", above=0)
     max_grad_norm: float = arg(0.5, "clip the joint gradient's global norm (0 = off)", at_least=0)
     target_kl: float = arg(0.0, "stop the epochs once a minibatch's approximate KL passes this (0 = off)", at_least=0)
     norm_obs: bool = arg(False, "normalise observations by their running mean and std (saved with the model)")
-    norm_reward: bool = arg(False, "divide rewards by the running std of the discounted return (saved with the model)")
+    norm_reward: bool = arg(False, "divide rewards by one running std of all envs' discounted returns (no mean taken)")
     network: str = arg("separate", "actor and critic: separate MLPs, or shared hidden layers with two heads",
                        choices=("separate", "shared"))  # fmt: skip
     hidden_size: int = arg(64, "width of the two hidden layers", at_least=1)
@@ -154,7 +154,7 @@ class Policy(nn.Module):
         [B, obs_dim] -> action [B] or [B, D], log-probability [B]."""
         out = self.net(obs)
         if not torch.isfinite(out).all():
-            raise FloatingPointError("policy output")
+            raise FloatingPointError("non-finite policy output")
         if self.discrete:
             action = out.argmax(-1) if greedy else torch.multinomial(out.softmax(-1), 1).squeeze(-1)
         else:
@@ -205,16 +205,18 @@ def gae(rewards, values, next_values, terminated, truncated, gamma: float, lam: 
 def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(A - mean A) / (std A + eps) over a minibatch [B] -> [B] (std unbiased; under torchrun, mean and std of the
     union of every process's B advantages): the step size no longer depends on the scale of the rewards, and
-    subtracting the mean is a baseline shared by the minibatch."""
-    mean = advantages.mean()
+    subtracting the mean is a baseline shared by the minibatch. Fewer than 2 advantages in all: a ValueError (the
+    unbiased std of one number is undefined)."""
+    mean, n = advantages.mean(), len(advantages)
     square = (advantages - mean).pow(2).mean()
     if dist.is_initialized():  # one call for the processes' (m_r, s_r); the union's square is mean_r s_r + (m_r - m)^2
         stats = torch.stack([mean, square])
         parts = [torch.empty_like(stats) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, stats)
         means, squares = torch.stack(parts).unbind(1)
-        mean, square = means.mean(), (squares + (means - means.mean()).pow(2)).mean()
-    n = len(advantages) * share()[1]
+        mean, square, n = means.mean(), (squares + (means - means.mean()).pow(2)).mean(), n * dist.get_world_size()
+    if n < 2:
+        raise ValueError(f"normalize() needs 2 advantages or more for an unbiased std (got {n})")
     return (advantages - mean) / (torch.sqrt(square * n / (n - 1)) + eps)
 
 
@@ -256,6 +258,16 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
     """1 - Var[G - V] / Var[G]: 1 is a perfect critic, 0 no better than a constant, < 0 worse."""
     var = returns.var(unbiased=False)
     return float("nan") if var == 0 else float(1 - (returns - values).var(unbiased=False) / var)
+
+
+def all_mean(tensors: list[torch.Tensor]) -> None:
+    """Average each tensor in place over torchrun's processes, whose batches together are the one batch of one process
+    (in one all_reduce: the tensors travel as one flat vector); without torchrun, leave them as they are."""
+    if dist.is_initialized():
+        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+        dist.all_reduce(flat)
+        for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
+            tensor.copy_(part.view_as(tensor) / dist.get_world_size())
 
 
 def gather(x: np.ndarray) -> np.ndarray:
@@ -416,7 +428,7 @@ def update(policy, value_net, optimizer, batch, args: Args, generator: torch.Gen
             v_loss = value_loss(value_net(obs[idx]), targets[idx], old_values, args.clip_coef)
             loss = pi_loss + args.vf_coef * v_loss - args.ent_coef * entropy.mean()
             if not torch.isfinite(loss):
-                raise FloatingPointError("loss")
+                raise FloatingPointError("non-finite loss")
             optimizer.zero_grad()
             loss.backward()
             all_mean([p.grad for p in params])  # under torchrun: the gradient of the union's mean loss
@@ -429,7 +441,7 @@ def update(policy, value_net, optimizer, batch, args: Args, generator: torch.Gen
         if stop:
             break
     if not all(torch.isfinite(p).all() for p in params):
-        raise FloatingPointError("parameters")
+        raise FloatingPointError("non-finite parameters")
     all_mean([sums])  # under torchrun: the mean over every process's minibatches
     return {
         **dict(zip(names, (sums / n_steps).tolist(), strict=True)),
@@ -456,6 +468,8 @@ def train(args: Args) -> dict[str, float]:
     carry = {"obs": normalizer.obs(obs), "episode_return": np.zeros(envs.num_envs),
              "episode_length": np.zeros(envs.num_envs, int)}  # fmt: skip
     nets = {"policy": policy, "value": value_net, "normalizer": normalizer}
+    if world > 1:  # the networks are alike on every process; from here each samples its own actions
+        torch.manual_seed(args.seed + rank)
     with Run(args, envs.envs[0], lambda: {name: net.state_dict() for name, net in nets.items()}) as run:
         for update_idx in range(num_updates):
             learning_rate = args.learning_rate * (1.0 - update_idx / num_updates if args.anneal_lr else 1.0)
@@ -465,25 +479,22 @@ def train(args: Args) -> dict[str, float]:
             stats = update(policy, value_net, optimizer, batch, args, generator)
             run.log(batch["rewards"].numel(), {"learning_rate": learning_rate, **stats})
     envs.close()
-    return run.summary
+    return run.row
 
 
 # ---- everything below is plumbing, not reinforcement learning -------------------------------------------------------
-# setup() seeds and picks the device; make_env() checks an env's spaces; Run writes a training run (its directory,
-# metrics.csv, episodes.csv, model.pt, progress lines) and handles Ctrl-C, SIGTERM and non-finite numbers;
-# load_checkpoint() and evaluate() serve --eval; validate() and main() the command line. Every error a user can
-# cause is a ValueError, which main() prints as one line before exiting with status 2.
+# Seeds and device, the env's spaces, the run's files and its end (Ctrl-C, SIGTERM, a non-finite number), --eval and the
+# command line. Every error a user can cause is a ValueError: main() prints it as one line and exits with status 2.
 ALGO = "ppo"
 
 
 def setup(args: Args) -> torch.device:
     random.seed(args.seed)
     np.random.seed(args.seed)
-    torch.manual_seed(args.seed)  # alike on every process: the networks start identical
+    torch.manual_seed(args.seed)
     torch.set_num_threads(args.torch_threads)
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    rank, world = share()
-    if world > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
+    if share()[1] > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)
@@ -491,23 +502,13 @@ def setup(args: Args) -> torch.device:
         # group, which destroy_process_group() then cannot free, and gloo's leftover threads can abort the exit.
         importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
+        sys.stdout = sys.stdout if share()[0] == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
     return device
 
 
 def share() -> tuple[int, int]:
     """(rank, number of processes), as torchrun sets them; (0, 1) for a plain `python script.py`."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def all_mean(tensors: list[torch.Tensor]) -> None:
-    """Average each tensor in place over the processes, whose batches together are the one batch of one process
-    (in one all_reduce: the tensors travel as one flat vector)."""
-    if dist.is_initialized():
-        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
-        dist.all_reduce(flat)
-        for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
-            tensor.copy_(part.view_as(tensor) / dist.get_world_size())
 
 
 def make_env(env_id: str) -> gym.Env:
@@ -523,18 +524,11 @@ def make_env(env_id: str) -> gym.Env:
     return env
 
 
-class EnvironmentNotFinite(FloatingPointError):
-    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
-
-
 def check_finite(obs, reward, steps_so_far: int) -> None:
+    """A NaN or an infinity from the environment is its fault, not the policy's: say so, and after how many steps."""
     for what, value in (("observation", obs), ("reward", reward)):
         if not np.isfinite(value).all():
-            raise EnvironmentNotFinite(what, steps_so_far)
-
-
-def interrupt(signum, frame):
-    raise KeyboardInterrupt(signum)  # Ctrl-C (SIGINT), or SIGTERM from a scheduler, `timeout`, `docker stop`
+            raise FloatingPointError(f"the environment returned a non-finite {what}", steps_so_far)
 
 
 def mean(values: list) -> float:
@@ -542,49 +536,26 @@ def mean(values: list) -> float:
 
 
 class Run:
-    """`with Run(args, env, checkpoint) as run:` around the training loop. run.on_episode_end(...): a row of
-    episodes.csv; run.log(steps, stats): a row of metrics.csv per update, and every --log-interval updates (and at
-    the end) model.pt, {algo, args, env spaces, global_step} and the dict checkpoint() returns, and a progress line.
-    Ctrl-C or SIGTERM: save, exit 130 or 143. A FloatingPointError: exit 1, keeping the last good checkpoint."""
+    """`with Run(args, env, checkpoint) as run:` around the training loop. on_episode_end(): a row of episodes.csv.
+    log(): a row of metrics.csv, and every --log-interval updates and at the end a progress line and model.pt, one dict
+    of checkpoint()'s state dicts, the args, the spaces and the step. Ctrl-C and SIGTERM save it and exit 130 and 143; a
+    FloatingPointError exits 1, keeping the last one."""
 
     def __init__(self, args: Args, env: gym.Env, checkpoint):
-        self.args, self.spaces, self.checkpoint = args, [str(env.observation_space), str(env.action_space)], checkpoint
-        self.global_step, self.updates, self.saved, self.returns, self.lengths, self.logged = 0, 0, False, [], [], 0
+        name = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{ALGO}__{args.env_id}__{args.seed}")
+        self.dir = args.run_dir or os.path.join("runs", f"{name}__{int(time.time())}_{os.getpid()}")  # never shared
+        self.rank, self.world = share()  # under torchrun, rank 0 alone writes; every process steps as many envs
+        devnull = [open(os.devnull, "w")] * 2
+        self.metrics, self.episodes = open_run_dir(self.dir, args.overwrite) if self.rank == 0 else devnull
+        print("global_step,wall_time,return,length", file=self.episodes, flush=True)
+        print(f"{ALGO} on {args.env_id} | run dir {self.dir}")
+        self.args, self.checkpoint, self.spaces = args, checkpoint, [str(env.observation_space), str(env.action_space)]
+        self.global_step, self.updates, self.logged, self.returns, self.lengths, self.saved = 0, 0, 0, [], [], False
+        self.start = self.last = time.time()
 
     def __enter__(self) -> Run:
-        rank, self.world = share()
-        if self.world > 1:  # the networks were built alike on every process; from here each samples its own actions
-            torch.manual_seed(self.args.seed + rank)
-        self.dir = self.model_path = ""
-        self.metrics, self.episodes = open(os.devnull, "w"), open(os.devnull, "w")
-        if rank == 0:  # rank 0 alone writes the run directory
-            self.open_run_dir()
-        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
-        self.start = self.last = time.time()
+        self.sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM: stop as Ctrl-C does
         return self
-
-    def open_run_dir(self) -> None:
-        self.dir = self.args.run_dir
-        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
-        if held and not self.args.overwrite:
-            raise ValueError(f"--run-dir {self.dir} already holds a run ({held[0]}); add --overwrite to replace it")
-        try:
-            if not self.dir:  # runs/<algo>__<env>__<seed>__<time>, or _2, _3, ... after it if a run took that name
-                env = "".join(c if c.isalnum() or c in "-_." else "-" for c in self.args.env_id)
-                base = os.path.join("runs", f"{ALGO}__{env}__{self.args.seed}__{int(time.time())}")
-                os.makedirs("runs", exist_ok=True)
-                for self.dir in (base, *(f"{base}_{k}" for k in range(2, 100))):
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(self.dir)  # atomic: of two runs started at once, one gets the name
-                        break
-            os.makedirs(self.dir, exist_ok=True)
-            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
-            self.episodes = open(os.path.join(self.dir, "episodes.csv"), "w")
-        except OSError as e:
-            raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
-        print("global_step,wall_time,return,length", file=self.episodes, flush=True)
-        self.model_path = os.path.join(self.dir, "model.pt")
-        print(f"{ALGO} on {self.args.env_id} | {self.world} process(es) | run dir {self.dir}")
 
     def on_episode_end(self, episode_return: float, length: int, steps_so_far: int) -> None:
         step, now = self.global_step + steps_so_far * self.world, round(time.time() - self.start, 3)
@@ -593,102 +564,83 @@ class Run:
         self.lengths.append(length)
 
     def log(self, steps: int, stats: dict[str, float]) -> None:
+        steps *= self.world  # this process's steps, and as many of every other process's
         now, ended = time.time(), slice(self.logged, len(self.returns))  # the episodes that ended since the last row
-        steps *= self.world  # every process took as many
         self.global_step, self.updates, self.logged = self.global_step + steps, self.updates + 1, len(self.returns)
-        row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
-               "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
-               "episode_length": mean(self.lengths[ended]), **stats}  # fmt: skip
+        self.row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
+                    "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
+                    "episode_length": mean(self.lengths[ended]), **stats}  # fmt: skip
         if self.updates == 1:
-            print(*row, sep=",", file=self.metrics)  # the header
-        print(*row.values(), sep=",", file=self.metrics, flush=True)
+            print(*self.row, sep=",", file=self.metrics)  # the header
+        print(*self.row.values(), sep=",", file=self.metrics, flush=True)
         self.last = now
         if self.updates % self.args.log_interval == 0 or self.global_step >= self.args.total_timesteps:
             self.save()
-            numbers = " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("global_step", "wall_time"))
+            numbers = " | ".join(f"{k} {v:.4g}" for k, v in self.row.items() if k not in ("global_step", "wall_time"))
             print(f"step {self.global_step:>8} | return(last 20) {mean(self.returns[-20:]):8.2f} | {numbers}")
 
-    def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
-        if not self.model_path:  # a process other than rank 0
+    def save(self) -> None:  # to a temporary file, then renamed: model.pt is never a partial file
+        if self.rank > 0:
             return
         state = {"algo": ALGO, "args": asdict(self.args), "spaces": self.spaces, "global_step": self.global_step}
-        tmp = f"{self.model_path}.{os.getpid()}.tmp"
-        try:
-            torch.save({**state, **self.checkpoint()}, tmp)
-            os.replace(tmp, self.model_path)
-            self.saved = True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)  # there only if the save was interrupted
+        torch.save({**state, **self.checkpoint()}, os.path.join(self.dir, f"model.pt.{os.getpid()}"))
+        os.replace(os.path.join(self.dir, f"model.pt.{os.getpid()}"), os.path.join(self.dir, "model.pt"))
+        self.saved = True
 
     def __exit__(self, kind, error, traceback) -> None:
-        self.metrics.close()
-        self.episodes.close()
-        signals = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}  # no 2nd Ctrl-C now
-        try:
-            if isinstance(error, KeyboardInterrupt):  # main() then exits 128 + the signal's number: 130 or 143
-                self.save()
-                if self.dir:  # rank 0
-                    print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
-            elif isinstance(error, FloatingPointError):
-                cause, at = f"non-finite {error.args[0]}", self.global_step
-                if isinstance(error, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
-                    cause, at = f"the environment returned a {cause}", at + error.args[1]
-                kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
-                print(f"stopped: {cause} at global step {at}; {kept}", file=sys.stderr)
-                raise SystemExit(1) from None
-            elif error is None:
-                seconds, last_20 = time.time() - self.start, mean(self.returns[-20:])
-                self.summary = {"global_step": self.global_step, "episodes": len(self.returns), "seconds": seconds}
-                print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {seconds:.1f} s; mean return "
-                      f"of the last 20 episodes {last_20:.2f}; files in {self.dir}")  # fmt: skip
-        finally:
-            signal.signal(signal.SIGINT, signals[signal.SIGINT])
-            signal.signal(signal.SIGTERM, self.previous_sigterm)
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C or SIGTERM waits for this save
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            self.save()
+            if self.rank == 0:
+                print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
+        signal.signal(signal.SIGINT, sigint)
+        signal.signal(signal.SIGTERM, self.sigterm)
+        if isinstance(error, FloatingPointError):  # args: what, and for the environment's, the steps into the rollout
+            at = self.global_step + (error.args[1] if len(error.args) > 1 else 0)
+            kept = f"the last good checkpoint is {self.dir}/model.pt" if self.saved else "no checkpoint was saved"
+            print(f"stopped: {error.args[0]} at global step {at}; {kept}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if error is None:
+            print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {time.time() - self.start:.1f} s; "
+                  f"mean return of the last 20 {mean(self.returns[-20:]):.2f}; files in {self.dir}")  # fmt: skip
 
 
-def load_checkpoint(path: str) -> dict:
+def open_run_dir(run_dir: str, overwrite: bool) -> tuple:
+    """metrics.csv and episodes.csv in run_dir, opened for writing; metrics.csv must be new unless overwrite (mode "x":
+    of two runs started at once in one directory, one gets it). Else a ValueError, before anything is written."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: a file runs no code
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint not found: {path}") from None
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-    if not isinstance(state, dict) or state.get("algo") != ALGO:
-        raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
-    names, parts = {f.name for f in fields(Args)}, ("args", "spaces", "global_step", "policy")
-    if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
-        raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
-    try:
-        validate(Args(**{**state["args"], "device": "auto"}))  # trained on CUDA, evaluated where there is none
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
-    if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
-        raise ValueError(f"{path} holds non-finite weights")
-    return state
+        os.makedirs(run_dir, exist_ok=True)
+        metrics = open(os.path.join(run_dir, "metrics.csv"), "w" if overwrite else "x")
+        return metrics, open(os.path.join(run_dir, "episodes.csv"), "w")
+    except FileExistsError:
+        raise ValueError(f"--run-dir {run_dir} already holds a run; add --overwrite to replace it") from None
+    except OSError as e:
+        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror}") from None
 
 
-def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple:
-    """Greedy episodes of a saved policy on env_id (default: its own env; another must have the same spaces):
-    (mean, std) of the returns, and the env's id."""
-    state = load_checkpoint(path)
-    args = Args(**{**state["args"], "seed": seed, "device": device_name})
-    env = make_env(env_id or args.env_id)
-    if [str(env.observation_space), str(env.action_space)] != state["spaces"]:
-        raise ValueError(f"--env-id {env_id} has other spaces than {path} was trained on: {state['spaces']}")
-    device = setup(args)
-    policy = Policy(env.observation_space.shape[0], env.action_space, args.hidden_size).to(device)
-    normalizer = Normalizer(env.observation_space.shape, 1, args.gamma, args.norm_obs, args.norm_reward)
-    try:
+def evaluate(args: Args, env_id: str | None) -> None:
+    """Print the mean and std of the returns of --eval-episodes greedy episodes of the policy in args.eval, on env_id
+    if given (it must have the spaces the policy was trained on), else on its own env."""
+    try:  # weights_only: loading runs no code
+        state = torch.load(args.eval, map_location="cpu", weights_only=True)
+        trained = Args(**{**state["args"], "seed": args.seed, "device": args.device})
+        env, device = make_env(env_id or trained.env_id), setup(trained)
+        if state["algo"] != ALGO or [str(env.observation_space), str(env.action_space)] != state["spaces"]:
+            raise ValueError(f"{args.eval} holds a {state['algo']}.py policy for {state['spaces']}, not {env.spec.id}")
+        policy = Policy(env.observation_space.shape[0], env.action_space, trained.hidden_size).to(device)
         policy.load_state_dict(state["policy"])
+        normalizer = Normalizer(env.observation_space.shape, 1, trained.gamma, trained.norm_obs, trained.norm_reward)
         normalizer.load_state_dict(state["normalizer"])
-    except (RuntimeError, KeyError):
-        raise ValueError(f"{path}: the weights do not fit the network its args describe") from None
+    except ValueError:  # an env that cannot be made, or has other spaces
+        raise
+    except Exception as e:  # no such file, not one torch reads without running code, or not a policy of these args
+        raise ValueError(f"cannot load {args.eval} as a checkpoint of this {ALGO}.py ({type(e).__name__})") from None
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+        raise ValueError(f"{args.eval} holds non-finite weights")
     returns, steps = [], 0
-    for k in range(episodes):
-        (obs, _), done, total = env.reset(seed=seed + k), False, 0.0
-        check_finite(obs, 0.0, steps)
+    for k in range(args.eval_episodes):
+        (obs, _), done, total = env.reset(seed=args.seed + k), False, 0.0
         while not done:
             obs = normalizer.obs(obs[None], update=False)[0]
             action, _ = policy.act(torch.as_tensor(obs[None], dtype=torch.float32, device=device), greedy=True)
@@ -696,7 +648,8 @@ def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env
             steps, total, done = steps + 1, total + float(reward), terminated or truncated
             check_finite(obs, reward, steps)  # the environment's fault, named as in training
         returns.append(total)
-    return float(np.mean(returns)), float(np.std(returns)), env_id or args.env_id
+    print(f"eval {args.eval} on {env.spec.id}: mean return {np.mean(returns):.2f} +- {np.std(returns):.2f}, "
+          f"{args.eval_episodes} runs")  # fmt: skip
 
 
 def validate(args: Args) -> None:
@@ -715,39 +668,30 @@ def validate(args: Args) -> None:
         raise ValueError(problem)
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2, not argparse's usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = Parser(prog=f"{ALGO}.py", description=__doc__.split("\n")[0], allow_abbrev=False,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(  # argument_default=SUPPRESS: the flags given, no more (Args has the defaults)
+        prog=f"{ALGO}.py", description=__doc__.split("\n")[0], allow_abbrev=False, argument_default=argparse.SUPPRESS
+    )
     for f in fields(Args):
         kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
-        parser.add_argument("--" + f.name.replace("_", "-"), **kind, default=f.default, choices=f.metadata["choices"],
-                            help=f.metadata["help"])  # fmt: skip
-    args = Args(**vars(parser.parse_args(argv)))
+        parser.add_argument("--" + f.name.replace("_", "-"), **kind, choices=f.metadata["choices"],
+                            help=f"{f.metadata['help']} (default: {f.default})")  # fmt: skip
+    given = vars(parser.parse_args(argv))  # argparse's own error for an unknown flag or a malformed value
+    args = Args(**given)
     try:
         validate(args)
         if args.eval:  # on the checkpoint's env, unless --env-id names another one with the same spaces
-            env_id = args.env_id if any(a.split("=")[0] == "--env-id" for a in argv) else ""
-            mean_return, std, env_id = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
-            print(
-                f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f}, {args.eval_episodes} runs"
-            )
+            evaluate(args, given.get("env_id"))
         else:
             train(args)
     except ValueError as e:
         print(f"{ALGO}.py: error: {e}", file=sys.stderr)
         return 2
-    except EnvironmentNotFinite as e:  # in --eval (training reports its own, exits 1 and keeps its checkpoint)
-        print(f"{ALGO}.py: the environment returned a non-finite {e.args[0]} at evaluation step {e.args[1]}",
-              file=sys.stderr)  # fmt: skip
+    except FloatingPointError as e:  # in --eval (a training run says why itself, and keeps its last checkpoint)
+        print(f"{ALGO}.py: {e.args[0]} at evaluation step {e.args[1]}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as e:  # a run's checkpoint and metrics are saved already
-        return 128 + (e.args[0] if e.args else signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C: a training run is saved already
+        return 130
     finally:
         if dist.is_initialized():  # torchrun's processes leave the group before they exit (else gloo can abort)
             dist.destroy_process_group()

@@ -34,11 +34,6 @@ tail. For a task scored by its time-limited return, like CartPole-v1, that is ex
 arrives in actor_critic.py). Each update is one Adam step on policy_loss, its gradient's norm clipped. The loss
 averages over episodes, not steps: dividing by the batch's steps would make each episode's weight depend on the
 lengths of the others, which biases g.
-On R processes (torchrun) each plays N/R of the episodes, and the update is the one-process update on all N:
-per_step_sums() adds up every process's episodes (padded to the longest), so the leave-one-out and moving
-baselines see the whole batch; each process's loss is R times its part of the batch's loss (R/N times its episodes'
-sum; its steps' mean times R T_r/T for the value network, T_r of the batch's T steps being its), so that averaging
-the gradients over the processes (all_mean) gives exactly the gradient of the whole batch's loss.
 What this script is the first of: the five later scripts keep its shape and command line.
 References: Williams 1992 (REINFORCE); Sutton et al. 2000 (policy gradient theorem); Greensmith et al. 2004
 (baselines); Kool et al. 2019 (leave-one-out baseline); Nota & Thomas 2020 ("Is the policy gradient a gradient?").
@@ -48,8 +43,6 @@ Run:  python reinforce.py --help
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import math
 import operator
 import os
@@ -62,7 +55,6 @@ from dataclasses import asdict, dataclass, field, fields
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 
@@ -97,14 +89,10 @@ class Args:
     eval_episodes: int = arg(10, "episodes for --eval", at_least=1)
 
     def problems(self) -> list[str]:
-        """Constraints between hyperparameters (and torchrun's processes) that no single range expresses."""
-        world, episodes = share()[1], self.episodes_per_batch
-        problems = (
-            [f"--episodes-per-batch {episodes} must split evenly over {world} processes"] if episodes % world else []
-        )
+        """Constraints between hyperparameters that no single range expresses."""
         if self.baseline == "mean" and self.episodes_per_batch < 2:
-            problems.append("--baseline mean needs --episodes-per-batch >= 2 (each episode's b_t is the others' mean)")
-        return problems
+            return ["--baseline mean needs --episodes-per-batch >= 2 (each episode's b_t is the others' mean)"]
+        return []
 
 
 # ---- Networks -------------------------------------------------------------------------------------------------------
@@ -135,7 +123,7 @@ class Policy(nn.Module):
         """pi(.|s) for a batch [B, obs_dim]: batch shape [B], event shape [] (Discrete) or [D] (Box)."""
         out = self.net(obs)
         if not torch.isfinite(out).all():
-            raise FloatingPointError("policy output")
+            raise FloatingPointError("non-finite policy output")
         if self.discrete:
             return torch.distributions.Categorical(logits=out, validate_args=False)
         normal = torch.distributions.Normal(out, self.log_std.exp(), validate_args=False)
@@ -185,14 +173,10 @@ def returns_to_go(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> t
 
 def per_step_sums(returns: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For each time step t = 0 .. L-1: the sum of the returns-to-go at t, and how many episodes reached t, over
-    the batch's episodes, under torchrun every process's (L: the longest episode of any). returns: [T], timesteps:
-    [T] long, step index within its episode. Returns two [L]."""
-    length = torch.tensor(int(timesteps.max()) + 1, device=returns.device)
-    if dist.is_initialized():
-        dist.all_reduce(length, dist.ReduceOp.MAX)
-    sums = returns.new_zeros(2, int(length)).index_add(1, timesteps, torch.stack([returns, torch.ones_like(returns)]))
-    if dist.is_initialized():
-        dist.all_reduce(sums)
+    the batch's episodes (L: the longest). returns: [T], timesteps: [T] long, step index within its episode.
+    Returns two [L]."""
+    length = int(timesteps.max()) + 1
+    sums = returns.new_zeros(2, length).index_add(1, timesteps, torch.stack([returns, torch.ones_like(returns)]))
     return sums[0], sums[1]
 
 
@@ -291,10 +275,8 @@ def rollout(envs: list[gym.Env], policy: Policy, device: torch.device, on_episod
 # ---- Update ---------------------------------------------------------------------------------------------------------
 def update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch, args: Args) -> dict[str, float]:
     """One policy-gradient step on a batch of N episodes; then fit V to G (--baseline value), or fold G into the
-    moving average (--baseline moving). value_net, value_optimizer, moving_baseline: None when not in use.
-    Under torchrun, batch is this process's part, and the step is the one on every process's parts together."""
+    moving average (--baseline moving). value_net, value_optimizer, moving_baseline: None when not in use."""
     G = returns_to_go(batch["rewards"], batch["dones"], args.gamma)
-    world, (_, reached) = share()[1], per_step_sums(G, batch["timesteps"])  # reached[0] episodes, reached.sum() steps
     if args.baseline == "none":
         baseline = torch.zeros_like(G)
     elif args.baseline == "mean":
@@ -306,25 +288,23 @@ def update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch
         with torch.no_grad():
             baseline = value_net(batch["obs"])  # V before it sees these returns: b_t independent of a_t
     log_probs, entropy = policy.log_prob_entropy(batch["obs"], batch["actions"])
-    loss = policy_loss(log_probs, G - baseline, num_episodes=reached[0] / world)  # all_mean divides by world again
+    loss = policy_loss(log_probs, G - baseline, num_episodes=batch["dones"].sum())  # an episode ends once
     if not torch.isfinite(loss):
-        raise FloatingPointError("policy loss")
+        raise FloatingPointError("non-finite policy loss")
     optimizer.zero_grad()
     loss.backward()
-    all_mean([p.grad for p in policy.parameters()])  # under torchrun: the gradient of the loss over all N episodes
     if args.max_grad_norm > 0:
         nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
     optimizer.step()
     v_loss = torch.tensor(float("nan"))
     for _ in range(args.value_iters if args.baseline == "value" else 0):
-        v_loss = value_loss(value_net(batch["obs"]), G) * (world * len(G) / reached.sum())  # this process's share
+        v_loss = value_loss(value_net(batch["obs"]), G)
         value_optimizer.zero_grad()
         v_loss.backward()
-        all_mean([p.grad for p in value_net.parameters()])
         value_optimizer.step()
     for net in (policy, value_net):
         if net is not None and not all(torch.isfinite(p).all() for p in net.parameters()):
-            raise FloatingPointError(f"{type(net).__name__} parameters")
+            raise FloatingPointError(f"non-finite {type(net).__name__} parameters")
     return {
         "policy_loss": loss.item(),
         "value_loss": v_loss.item(),
@@ -337,11 +317,10 @@ def update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch
 def train(args: Args) -> dict[str, float]:
     """The RL loop: play N whole episodes, take one step on the policy and fit the baseline, log; until the budget
     is spent."""
-    device = setup(args)  # seeds, torch threads, the device; under torchrun, the process group
-    rank, world = share()  # this process's rank and the number of processes (0, 1 without torchrun)
-    envs = [make_env(args.env_id) for _ in range(args.episodes_per_batch // world)]  # this process's share of N
+    device = setup(args)  # seeds, torch threads, the device
+    envs = [make_env(args.env_id) for _ in range(args.episodes_per_batch)]
     for i, env in enumerate(envs):
-        env.reset(seed=args.seed + rank * len(envs) + i)  # env i of N: seed + i; later resets continue its generator
+        env.reset(seed=args.seed + i)  # env i gets seed + i; its later resets continue its own generator
     obs_dim = envs[0].observation_space.shape[0]
     policy = Policy(obs_dim, envs[0].action_space, args.hidden_size).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.learning_rate)
@@ -355,61 +334,28 @@ def train(args: Args) -> dict[str, float]:
     def checkpoint() -> dict:  # what model.pt holds besides the args, the spaces and the step
         return {"policy": policy.state_dict(), "value": value_net.state_dict() if value_net else None}
 
-    unlogged = 0  # steps of every process that run.log, which counts world times what it is given, has not counted
     with Run(args, envs[0], checkpoint) as run:
         while run.global_step < args.total_timesteps:
             batch = rollout(envs, policy, device, run.on_episode_end)
             stats = update(policy, value_net, optimizer, value_optimizer, moving_baseline, batch, args)
-            steps = torch.tensor(len(batch["rewards"]), device=device)
-            if dist.is_initialized():
-                dist.all_reduce(steps)  # the processes' episodes differ in length: sum their steps
-            logged, unlogged = divmod(unlogged + int(steps), world)
-            run.log(logged, stats)
+            run.log(len(batch["rewards"]), stats)
     for env in envs:
         env.close()
-    return run.summary
+    return run.row
 
 
 # ---- everything below is plumbing, not reinforcement learning -------------------------------------------------------
-# setup() seeds and picks the device; make_env() checks an env's spaces; Run writes a training run (its directory,
-# metrics.csv, episodes.csv, model.pt, progress lines) and handles Ctrl-C, SIGTERM and non-finite numbers;
-# load_checkpoint() and evaluate() serve --eval; validate() and main() the command line. Every error a user can
-# cause is a ValueError, which main() prints as one line before exiting with status 2.
+# Seeds and device, the env's spaces, the run's files and its end (Ctrl-C, SIGTERM, a non-finite number), --eval and the
+# command line. Every error a user can cause is a ValueError: main() prints it as one line and exits with status 2.
 ALGO = "reinforce"
 
 
 def setup(args: Args) -> torch.device:
     random.seed(args.seed)
     np.random.seed(args.seed)
-    torch.manual_seed(args.seed)  # alike on every process: the networks start identical
+    torch.manual_seed(args.seed)
     torch.set_num_threads(args.torch_threads)
-    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    rank, world = share()
-    if world > 1 and not dist.is_initialized():  # under torchrun: gloo on CPU, NCCL with a GPU for each process
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
-        # torch.optim imports torch._dynamo on first use; imported after the group exists, it keeps references to the
-        # group, which destroy_process_group() then cannot free, and gloo's leftover threads can abort the exit.
-        importlib.import_module("torch._dynamo")
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        sys.stdout = sys.stdout if rank == 0 else open(os.devnull, "w")  # rank 0 alone prints progress
-    return device
-
-
-def share() -> tuple[int, int]:
-    """(rank, number of processes), as torchrun sets them; (0, 1) for a plain `python script.py`."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def all_mean(tensors: list[torch.Tensor]) -> None:
-    """Average each tensor in place over the processes, whose batches together are the one batch of one process
-    (in one all_reduce: the tensors travel as one flat vector)."""
-    if dist.is_initialized():
-        flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
-        dist.all_reduce(flat)
-        for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
-            tensor.copy_(part.view_as(tensor) / dist.get_world_size())
+    return torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def make_env(env_id: str) -> gym.Env:
@@ -425,18 +371,11 @@ def make_env(env_id: str) -> gym.Env:
     return env
 
 
-class EnvironmentNotFinite(FloatingPointError):
-    """The environment returned a NaN or an infinity: its fault, not the policy's. args: (what, steps_so_far)."""
-
-
 def check_finite(obs, reward, steps_so_far: int) -> None:
+    """A NaN or an infinity from the environment is its fault, not the policy's: say so, and after how many steps."""
     for what, value in (("observation", obs), ("reward", reward)):
         if not np.isfinite(value).all():
-            raise EnvironmentNotFinite(what, steps_so_far)
-
-
-def interrupt(signum, frame):
-    raise KeyboardInterrupt(signum)  # Ctrl-C (SIGINT), or SIGTERM from a scheduler, `timeout`, `docker stop`
+            raise FloatingPointError(f"the environment returned a non-finite {what}", steps_so_far)
 
 
 def mean(values: list) -> float:
@@ -444,158 +383,111 @@ def mean(values: list) -> float:
 
 
 class Run:
-    """`with Run(args, env, checkpoint) as run:` around the training loop. run.on_episode_end(...): a row of
-    episodes.csv; run.log(steps, stats): a row of metrics.csv per update, and every --log-interval updates (and at
-    the end) model.pt, {algo, args, env spaces, global_step} and the dict checkpoint() returns, and a progress line.
-    Ctrl-C or SIGTERM: save, exit 130 or 143. A FloatingPointError: exit 1, keeping the last good checkpoint."""
+    """`with Run(args, env, checkpoint) as run:` around the training loop. on_episode_end(): a row of episodes.csv.
+    log(): a row of metrics.csv, and every --log-interval updates and at the end a progress line and model.pt, one dict
+    of checkpoint()'s state dicts, the args, the spaces and the step. Ctrl-C and SIGTERM save it and exit 130 and 143; a
+    FloatingPointError exits 1, keeping the last one."""
 
     def __init__(self, args: Args, env: gym.Env, checkpoint):
-        self.args, self.spaces, self.checkpoint = args, [str(env.observation_space), str(env.action_space)], checkpoint
-        self.global_step, self.updates, self.saved, self.returns, self.lengths, self.logged = 0, 0, False, [], [], 0
+        name = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{ALGO}__{args.env_id}__{args.seed}")
+        self.dir = args.run_dir or os.path.join("runs", f"{name}__{int(time.time())}_{os.getpid()}")  # never shared
+        self.metrics, self.episodes = open_run_dir(self.dir, args.overwrite)
+        print("global_step,wall_time,return,length", file=self.episodes, flush=True)
+        print(f"{ALGO} on {args.env_id} | run dir {self.dir}")
+        self.args, self.checkpoint, self.spaces = args, checkpoint, [str(env.observation_space), str(env.action_space)]
+        self.global_step, self.updates, self.logged, self.returns, self.lengths, self.saved = 0, 0, 0, [], [], False
+        self.start = self.last = time.time()
 
     def __enter__(self) -> Run:
-        rank, self.world = share()
-        if self.world > 1:  # the networks were built alike on every process; from here each samples its own actions
-            torch.manual_seed(self.args.seed + rank)
-        self.dir = self.model_path = ""
-        self.metrics, self.episodes = open(os.devnull, "w"), open(os.devnull, "w")
-        if rank == 0:  # rank 0 alone writes the run directory
-            self.open_run_dir()
-        self.previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
-        self.start = self.last = time.time()
+        self.sigterm = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM: stop as Ctrl-C does
         return self
 
-    def open_run_dir(self) -> None:
-        self.dir = self.args.run_dir
-        held = [f for f in ("model.pt", "metrics.csv") if os.path.exists(os.path.join(self.dir, f))]
-        if held and not self.args.overwrite:
-            raise ValueError(f"--run-dir {self.dir} already holds a run ({held[0]}); add --overwrite to replace it")
-        try:
-            if not self.dir:  # runs/<algo>__<env>__<seed>__<time>, or _2, _3, ... after it if a run took that name
-                env = "".join(c if c.isalnum() or c in "-_." else "-" for c in self.args.env_id)
-                base = os.path.join("runs", f"{ALGO}__{env}__{self.args.seed}__{int(time.time())}")
-                os.makedirs("runs", exist_ok=True)
-                for self.dir in (base, *(f"{base}_{k}" for k in range(2, 100))):
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(self.dir)  # atomic: of two runs started at once, one gets the name
-                        break
-            os.makedirs(self.dir, exist_ok=True)
-            self.metrics = open(os.path.join(self.dir, "metrics.csv"), "w")
-            self.episodes = open(os.path.join(self.dir, "episodes.csv"), "w")
-        except OSError as e:
-            raise ValueError(f"--run-dir {self.dir} cannot be created or written: {e.strerror or e}") from None
-        print("global_step,wall_time,return,length", file=self.episodes, flush=True)
-        self.model_path = os.path.join(self.dir, "model.pt")
-        print(f"{ALGO} on {self.args.env_id} | {self.world} process(es) | run dir {self.dir}")
-
     def on_episode_end(self, episode_return: float, length: int, steps_so_far: int) -> None:
-        step, now = self.global_step + steps_so_far * self.world, round(time.time() - self.start, 3)
+        step, now = self.global_step + steps_so_far, round(time.time() - self.start, 3)
         print(step, now, episode_return, length, sep=",", file=self.episodes, flush=True)
         self.returns.append(episode_return)
         self.lengths.append(length)
 
     def log(self, steps: int, stats: dict[str, float]) -> None:
         now, ended = time.time(), slice(self.logged, len(self.returns))  # the episodes that ended since the last row
-        steps *= self.world  # every process took as many
         self.global_step, self.updates, self.logged = self.global_step + steps, self.updates + 1, len(self.returns)
-        row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
-               "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
-               "episode_length": mean(self.lengths[ended]), **stats}  # fmt: skip
+        self.row = {"global_step": self.global_step, "wall_time": round(now - self.start, 3),
+                    "sps": round(steps / max(now - self.last, 1e-9)), "episodic_return": mean(self.returns[ended]),
+                    "episode_length": mean(self.lengths[ended]), **stats}  # fmt: skip
         if self.updates == 1:
-            print(*row, sep=",", file=self.metrics)  # the header
-        print(*row.values(), sep=",", file=self.metrics, flush=True)
+            print(*self.row, sep=",", file=self.metrics)  # the header
+        print(*self.row.values(), sep=",", file=self.metrics, flush=True)
         self.last = now
         if self.updates % self.args.log_interval == 0 or self.global_step >= self.args.total_timesteps:
             self.save()
-            numbers = " | ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("global_step", "wall_time"))
+            numbers = " | ".join(f"{k} {v:.4g}" for k, v in self.row.items() if k not in ("global_step", "wall_time"))
             print(f"step {self.global_step:>8} | return(last 20) {mean(self.returns[-20:]):8.2f} | {numbers}")
 
-    def save(self) -> None:  # atomically: a temporary file of this process, then a rename; never a partial file
-        if not self.model_path:  # a process other than rank 0
-            return
+    def save(self) -> None:  # to a temporary file, then renamed: model.pt is never a partial file
         state = {"algo": ALGO, "args": asdict(self.args), "spaces": self.spaces, "global_step": self.global_step}
-        tmp = f"{self.model_path}.{os.getpid()}.tmp"
-        try:
-            torch.save({**state, **self.checkpoint()}, tmp)
-            os.replace(tmp, self.model_path)
-            self.saved = True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)  # there only if the save was interrupted
+        torch.save({**state, **self.checkpoint()}, os.path.join(self.dir, f"model.pt.{os.getpid()}"))
+        os.replace(os.path.join(self.dir, f"model.pt.{os.getpid()}"), os.path.join(self.dir, "model.pt"))
+        self.saved = True
 
     def __exit__(self, kind, error, traceback) -> None:
-        self.metrics.close()
-        self.episodes.close()
-        signals = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}  # no 2nd Ctrl-C now
-        try:
-            if isinstance(error, KeyboardInterrupt):  # main() then exits 128 + the signal's number: 130 or 143
-                self.save()
-                if self.dir:  # rank 0
-                    print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
-            elif isinstance(error, FloatingPointError):
-                cause, at = f"non-finite {error.args[0]}", self.global_step
-                if isinstance(error, EnvironmentNotFinite):  # the environment's fault, not the policy's: say so
-                    cause, at = f"the environment returned a {cause}", at + error.args[1]
-                kept = f"the last good checkpoint is {self.model_path}" if self.saved else "no checkpoint was saved"
-                print(f"stopped: {cause} at global step {at}; {kept}", file=sys.stderr)
-                raise SystemExit(1) from None
-            elif error is None:
-                seconds, last_20 = time.time() - self.start, mean(self.returns[-20:])
-                self.summary = {"global_step": self.global_step, "episodes": len(self.returns), "seconds": seconds}
-                print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {seconds:.1f} s; mean return "
-                      f"of the last 20 episodes {last_20:.2f}; files in {self.dir}")  # fmt: skip
-        finally:
-            signal.signal(signal.SIGINT, signals[signal.SIGINT])
-            signal.signal(signal.SIGTERM, self.previous_sigterm)
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C or SIGTERM waits for this save
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            self.save()
+            print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
+        signal.signal(signal.SIGINT, sigint)
+        signal.signal(signal.SIGTERM, self.sigterm)
+        if isinstance(error, FloatingPointError):  # args: what, and for the environment's, the steps into the rollout
+            at = self.global_step + (error.args[1] if len(error.args) > 1 else 0)
+            kept = f"the last good checkpoint is {self.dir}/model.pt" if self.saved else "no checkpoint was saved"
+            print(f"stopped: {error.args[0]} at global step {at}; {kept}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if error is None:
+            print(f"done: {self.global_step} steps, {len(self.returns)} episodes in {time.time() - self.start:.1f} s; "
+                  f"mean return of the last 20 {mean(self.returns[-20:]):.2f}; files in {self.dir}")  # fmt: skip
 
 
-def load_checkpoint(path: str) -> dict:
+def open_run_dir(run_dir: str, overwrite: bool) -> tuple:
+    """metrics.csv and episodes.csv in run_dir, opened for writing; metrics.csv must be new unless overwrite (mode "x":
+    of two runs started at once in one directory, one gets it). Else a ValueError, before anything is written."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # weights_only: a file runs no code
-    except FileNotFoundError:
-        raise ValueError(f"checkpoint not found: {path}") from None
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}") from None
-    if not isinstance(state, dict) or state.get("algo") != ALGO:
-        raise ValueError(f"{path} is not a {ALGO}.py checkpoint")
-    names, parts = {f.name for f in fields(Args)}, ("args", "spaces", "global_step", "policy")
-    if not all(k in state for k in parts) or not isinstance(state["args"], dict) or set(state["args"]) != names:
-        raise ValueError(f"{path} is not a checkpoint of this version of {ALGO}.py (its parts or args differ)")
-    try:
-        validate(Args(**{**state["args"], "device": "auto"}))  # trained on CUDA, evaluated where there is none
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    tensors = [v for part in state.values() if isinstance(part, dict) for v in part.values() if torch.is_tensor(v)]
-    if not all(torch.isfinite(v).all() for v in tensors if v.is_floating_point()):
-        raise ValueError(f"{path} holds non-finite weights")
-    return state
+        os.makedirs(run_dir, exist_ok=True)
+        metrics = open(os.path.join(run_dir, "metrics.csv"), "w" if overwrite else "x")
+        return metrics, open(os.path.join(run_dir, "episodes.csv"), "w")
+    except FileExistsError:
+        raise ValueError(f"--run-dir {run_dir} already holds a run; add --overwrite to replace it") from None
+    except OSError as e:
+        raise ValueError(f"--run-dir {run_dir} cannot be created or written: {e.strerror}") from None
 
 
-def evaluate(path: str, episodes: int, seed: int, device_name: str = "auto", env_id: str = "") -> tuple:
-    """Greedy episodes of a saved policy on env_id (default: its own env; another must have the same spaces):
-    (mean, std) of the returns, and the env's id."""
-    state = load_checkpoint(path)
-    args = Args(**{**state["args"], "seed": seed, "device": device_name})
-    env = make_env(env_id or args.env_id)
-    if [str(env.observation_space), str(env.action_space)] != state["spaces"]:
-        raise ValueError(f"--env-id {env_id} has other spaces than {path} was trained on: {state['spaces']}")
-    device = setup(args)
-    policy = Policy(env.observation_space.shape[0], env.action_space, args.hidden_size).to(device)
-    try:
+def evaluate(args: Args, env_id: str | None) -> None:
+    """Print the mean and std of the returns of --eval-episodes greedy episodes of the policy in args.eval, on env_id
+    if given (it must have the spaces the policy was trained on), else on its own env."""
+    try:  # weights_only: loading runs no code
+        state = torch.load(args.eval, map_location="cpu", weights_only=True)
+        trained = Args(**{**state["args"], "seed": args.seed, "device": args.device})
+        env, device = make_env(env_id or trained.env_id), setup(trained)
+        if state["algo"] != ALGO or [str(env.observation_space), str(env.action_space)] != state["spaces"]:
+            raise ValueError(f"{args.eval} holds a {state['algo']}.py policy for {state['spaces']}, not {env.spec.id}")
+        policy = Policy(env.observation_space.shape[0], env.action_space, trained.hidden_size).to(device)
         policy.load_state_dict(state["policy"])
-    except RuntimeError:
-        raise ValueError(f"{path}: the weights do not fit the network its args describe") from None
+    except ValueError:  # an env that cannot be made, or has other spaces
+        raise
+    except Exception as e:  # no such file, not one torch reads without running code, or not a policy of these args
+        raise ValueError(f"cannot load {args.eval} as a checkpoint of this {ALGO}.py ({type(e).__name__})") from None
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+        raise ValueError(f"{args.eval} holds non-finite weights")
     returns, steps = [], 0
-    for k in range(episodes):
-        (obs, _), done, total = env.reset(seed=seed + k), False, 0.0
-        check_finite(obs, 0.0, steps)
+    for k in range(args.eval_episodes):
+        (obs, _), done, total = env.reset(seed=args.seed + k), False, 0.0
         while not done:
             action = policy.act(torch.as_tensor(obs[None], dtype=torch.float32, device=device), greedy=True)
             obs, reward, terminated, truncated, _ = env.step(env_action(action[0].cpu().numpy(), env.action_space))
             steps, total, done = steps + 1, total + float(reward), terminated or truncated
             check_finite(obs, reward, steps)  # the environment's fault, named as in training
         returns.append(total)
-    return float(np.mean(returns)), float(np.std(returns)), env_id or args.env_id
+    print(f"eval {args.eval} on {env.spec.id}: mean return {np.mean(returns):.2f} +- {np.std(returns):.2f}, "
+          f"{args.eval_episodes} runs")  # fmt: skip
 
 
 def validate(args: Args) -> None:
@@ -610,46 +502,36 @@ def validate(args: Args) -> None:
                 raise ValueError(f"{flag} must be {words} {f.metadata[bound]} (got {value})")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but CUDA is not available; use cpu or auto")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun's processes: each one exits here
+        raise ValueError("runs on one process; of the six scripts, ppo.py, grpo.py and dr_grpo.py run under torchrun")
     for problem in args.problems():
         raise ValueError(problem)
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2, not argparse's usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = Parser(prog=f"{ALGO}.py", description=__doc__.split("\n")[0], allow_abbrev=False,
-                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(  # argument_default=SUPPRESS: the flags given, no more (Args has the defaults)
+        prog=f"{ALGO}.py", description=__doc__.split("\n")[0], allow_abbrev=False, argument_default=argparse.SUPPRESS
+    )
     for f in fields(Args):
         kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
-        parser.add_argument("--" + f.name.replace("_", "-"), **kind, default=f.default, choices=f.metadata["choices"],
-                            help=f.metadata["help"])  # fmt: skip
-    args = Args(**vars(parser.parse_args(argv)))
+        parser.add_argument("--" + f.name.replace("_", "-"), **kind, choices=f.metadata["choices"],
+                            help=f"{f.metadata['help']} (default: {f.default})")  # fmt: skip
+    given = vars(parser.parse_args(argv))  # argparse's own error for an unknown flag or a malformed value
+    args = Args(**given)
     try:
         validate(args)
         if args.eval:  # on the checkpoint's env, unless --env-id names another one with the same spaces
-            env_id = args.env_id if any(a.split("=")[0] == "--env-id" for a in argv) else ""
-            mean_return, std, env_id = evaluate(args.eval, args.eval_episodes, args.seed, args.device, env_id)
-            print(
-                f"eval {args.eval} on {env_id}: mean return {mean_return:.2f} +- {std:.2f}, {args.eval_episodes} runs"
-            )
+            evaluate(args, given.get("env_id"))
         else:
             train(args)
     except ValueError as e:
         print(f"{ALGO}.py: error: {e}", file=sys.stderr)
         return 2
-    except EnvironmentNotFinite as e:  # in --eval (training reports its own, exits 1 and keeps its checkpoint)
-        print(f"{ALGO}.py: the environment returned a non-finite {e.args[0]} at evaluation step {e.args[1]}",
-              file=sys.stderr)  # fmt: skip
+    except FloatingPointError as e:  # in --eval (a training run says why itself, and keeps its last checkpoint)
+        print(f"{ALGO}.py: {e.args[0]} at evaluation step {e.args[1]}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as e:  # a run's checkpoint and metrics are saved already
-        return 128 + (e.args[0] if e.args else signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
-    finally:
-        if dist.is_initialized():  # torchrun's processes leave the group before they exit (else gloo can abort)
-            dist.destroy_process_group()
+    except KeyboardInterrupt:  # Ctrl-C: a training run is saved already
+        return 130
     return 0
 
 

@@ -23,12 +23,10 @@ from exact import (
     trajectory_log_probs,
     true_grad,
 )
-from processes import on_two_processes
 from runs import eval_mean_return, read_csv
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
-    flat_parameters,
     ids,
     optimiser_step,
     record_learning_rates,
@@ -353,31 +351,6 @@ def test_every_hyperparameter_of_the_loss_reaches_update(network):
     assert_each_hyperparameter_changes_the_update(
         state, lambda s, args: ac.update(*s, batch, args), WIRING_ARGS, changes
     )
-
-
-NETWORKS = ["separate", "shared"]
-
-
-def update_on_a_share(rank: int) -> dict[str, torch.Tensor]:
-    """On process `rank` of 2, for each network: the wiring state, then update() on this process's half of the envs;
-    the parameters."""
-    shares = {}
-    for network in NETWORKS:
-        state, _ = actor_critic_state(network)
-        ac.update(*state, {k: v[:, 2 * rank : 2 * rank + 2] for k, v in rollout_batch(3, N=4).items()}, WIRING_ARGS)
-        shares[network] = flat_parameters(state)
-    return shares
-
-
-def test_update_on_two_processes_is_the_update_of_one_on_their_union():
-    """torchrun's split: each process has 2 of the 4 envs; the averaged gradient is that of the mean over all 4
-    (both networks in one pair of processes: a spawn costs seconds)."""
-    two = on_two_processes(update_on_a_share)
-    for network in NETWORKS:
-        state, _ = actor_critic_state(network)
-        ac.update(*state, rollout_batch(3, N=4), WIRING_ARGS)
-        for shares in two:
-            assert_close(shares[network], flat_parameters(state), rtol=1e-12)
 
 
 def test_every_update_steps_once_at_the_constant_learning_rate(tmp_path, monkeypatch):

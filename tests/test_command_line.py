@@ -1,11 +1,12 @@
 """The command-line contract of every script (the README's "The command line" section), checked the same way for each.
 
-Bad input gets one line on stderr, exit status 2, no traceback and no files; so does a run directory that
-cannot be created or written, before training starts; a corrupt or foreign checkpoint is refused the same
-way; Ctrl-C saves the checkpoint and metrics and exits with 130, SIGTERM the same with 143; a non-finite
-loss stops the run with exit status 1 and keeps the last good checkpoint, and so does a non-finite
-observation or reward, named as the environment's; the same seed gives the same metrics.csv apart from
-wall-clock columns; every command in the README's code blocks runs.
+Bad input gets one line on stderr, exit status 2, no traceback and no files (argparse's own errors, for an unknown flag
+or a malformed value, add its usage before that line); so does a run directory that cannot be created or written,
+before training starts; a corrupt or foreign checkpoint is refused the same way; Ctrl-C saves the checkpoint and
+metrics and exits with 130, SIGTERM the same with 143; a non-finite loss stops the run with exit status 1 and keeps
+the last good checkpoint, and so does a non-finite observation or reward, named as the environment's; the same seed
+gives the same metrics.csv apart from wall-clock columns; the scripts that run on one process refuse torchrun's; every
+command in the READMEs' code blocks runs.
 """
 
 import importlib
@@ -28,8 +29,9 @@ COMMON_BAD_INPUT = [
     (["--learning-rate", "-0.1"], "--learning-rate"),
     (["--learning-rate", "inf"], "--learning-rate"),  # passes "> 0", but no run can train on it
     (["--learning-rate", "nan"], "--learning-rate"),
-    (["--eval", "/nonexistent/model.pt"], "not found"),
-    (["--device", "tpu"], "--device"),
+    (["--eval", "/nonexistent/model.pt"], "FileNotFoundError"),
+    (["--device", "tpu"], "argument --device"),
+    (["--no-such-flag", "1"], "unrecognized arguments"),
 ]
 GYMNASIUM_BAD_INPUT = [
     (["--env-id", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
@@ -47,13 +49,14 @@ GYMNASIUM_SCRIPT = {  # what the scripts that train on Gymnasium environments sh
     # the global step at which the test environment turns NaN: after the first update, and the end of a
     # vector step for 1, 2, 3, 4, 5, 6, 8, 10, 12 or 16 envs, so that a script's global step can name it exactly
     "nan_at_step": 240,
+    "width": "hidden_size",
 }
 GRPO_BAD_INPUT = [
-    (["--task", "poetry"], "--task"),
+    (["--task", "poetry"], "argument --task"),
     (["--max-completion-len", "100000"], "--max-completion-len"),  # more positions than the model holds
     (["--group-size", "1"], "--group-size"),
     (["--beta", "-0.1"], "--beta"),
-    (["--kl-estimator", "k1"], "--kl-estimator"),
+    (["--kl-estimator", "k1"], "argument --kl-estimator"),
 ]
 GRPO_SCRIPT = {  # what grpo.py and dr_grpo.py share
     "short": ["--total-updates", "3", "--prompts-per-update", "4", "--group-size", "3", "--num-iterations", "1"],
@@ -61,6 +64,7 @@ GRPO_SCRIPT = {  # what grpo.py and dr_grpo.py share
     "loss": "grpo_loss",
     "step": "global_step",
     "clock": {"wall_time", "tokens_per_second"},
+    "width": "d_model",
 }
 SCRIPTS = {
     "reinforce": {
@@ -68,7 +72,7 @@ SCRIPTS = {
         "short": ["--total-timesteps", "3000"],
         "bad": [
             *GYMNASIUM_BAD_INPUT,
-            (["--baseline", "median"], "--baseline"),
+            (["--baseline", "median"], "argument --baseline"),
             (["--episodes-per-batch", "1", "--baseline", "mean"], "--episodes-per-batch"),
         ],
     },
@@ -79,8 +83,8 @@ SCRIPTS = {
             *GYMNASIUM_BAD_INPUT,
             (["--gae-lambda", "-0.1"], "--gae-lambda"),
             (["--num-envs", "0"], "--num-envs"),
-            (["--network", "tied"], "--network"),
-            (["--num-steps", "five"], "--num-steps"),
+            (["--network", "tied"], "argument --network"),
+            (["--num-steps", "five"], "argument --num-steps"),
         ],
     },
     "ppo": {
@@ -94,7 +98,7 @@ SCRIPTS = {
             (["--clip-coef", "inf"], "--clip-coef"),
             (["--num-envs", "1", "--num-steps", "8", "--num-minibatches", "8"], "--num-minibatches"),  # of one step
             (["--target-kl", "-0.01"], "--target-kl"),
-            (["--norm-adv", "yes"], "yes"),
+            (["--norm-adv", "yes"], "unrecognized arguments: yes"),
         ],
     },
     "trpo": {
@@ -140,12 +144,15 @@ def exit_status(script: str, argv: list[str]) -> int:
         return e.code
 
 
+ARGPARSE = ("argument --", "unrecognized arguments")  # argparse's own errors: its usage first, then the error line
+
+
 @pytest.mark.parametrize("script,argv,needle", BAD_INPUT)
 def test_bad_input_gets_one_line_exit_2_and_no_files(script, argv, needle, tmp_path, capsys):
     code = exit_status(script, [*argv, "--run-dir", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
-    assert err.startswith(f"{script}.py: error: ")
+    *usage, line = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and needle in line and line.startswith(f"{script}.py: error: "), line
+    assert usage[0].startswith("usage: ") if needle.startswith(ARGPARSE) else usage == [], usage
     assert not (tmp_path / "run").exists()
 
 
@@ -167,7 +174,7 @@ def test_unusable_run_dir_is_bad_input_before_training(script, where, tmp_path, 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_real_command_line_error_has_no_traceback(script, tmp_path):
-    argv, _ = SCRIPTS[script]["bad"][0]
+    argv, _ = SCRIPTS[script]["bad"][1]
     out = run_script(script, *argv, "--run-dir", str(tmp_path / "run"))
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
@@ -208,7 +215,7 @@ def test_ctrl_c_and_sigterm_save_checkpoint_and_metrics(script, tmp_path):
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == exits[sig] and "interrupted" in err and str(runs[sig]) in err, (sig, err)
             assert "Traceback" not in err
-            state = importlib.import_module(script).load_checkpoint(str(runs[sig] / "model.pt"))
+            state = torch.load(runs[sig] / "model.pt", weights_only=True)
             assert state[SCRIPTS[script]["step"]] >= int(read_csv(runs[sig] / "metrics.csv")[-1]["global_step"])
     finally:
         for proc in procs.values():
@@ -241,13 +248,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(script, tmp_pa
 def stopped_keeping_the_last_good_checkpoint(script: str, argv: list[str], run: Path, capsys, says: str) -> list:
     """Run main(argv), which must stop with exit status 1 saying `says` and naming the checkpoint it kept: the
     one of the last row of metrics.csv, with finite weights. Returns the rows of metrics.csv."""
-    module = importlib.import_module(script)
     with pytest.raises(SystemExit) as stop:
-        module.main(argv)
+        importlib.import_module(script).main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 1 and says in err and str(run / "model.pt") in err, err
     rows = read_csv(run / "metrics.csv")
-    state = module.load_checkpoint(str(run / "model.pt"))
+    state = torch.load(run / "model.pt", weights_only=True)
     assert state[SCRIPTS[script]["step"]] == int(rows[-1]["global_step"])
     assert all(torch.isfinite(v).all() for v in state["policy"].values())
     return rows
@@ -399,25 +405,28 @@ def test_a_run_dir_that_holds_a_run_is_refused_unless_overwrite(script, tmp_path
     assert len(err.strip().splitlines()) == 1 and str(run) in err and "--overwrite" in err, err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # not a byte written
     assert exit_status(script, [*short, "--seed", "7", "--run-dir", str(run), "--overwrite"]) == 0
-    assert importlib.import_module(script).load_checkpoint(str(run / "model.pt"))["args"]["seed"] == 7
+    assert torch.load(run / "model.pt", weights_only=True)["args"]["seed"] == 7
+
+
+# Runs a script as `python script.py` would, with the clock stopped at one instant: runs started at once get one time.
+STOPPED_CLOCK = """import runpy, sys, time
+time.time = lambda: 1_700_000_000.0
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_default_run_dirs_are_unique_within_a_second(script, tmp_path, monkeypatch):
-    """Two runs started in the same second (the clock stopped) get two directories; the checkpoint is written through
-    a temporary file named for this process, and none is left behind."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
-    saved_to, real_save = [], torch.save
-    monkeypatch.setattr(
-        torch, "save", lambda obj, path, *a, **k: saved_to.append(path) or real_save(obj, path, *a, **k)
-    )
-    for _ in range(2):
-        assert exit_status(script, SCRIPTS[script]["short"]) == 0
+def test_default_run_dirs_of_runs_started_at_once_are_two(script, tmp_path):
+    """Two processes started at once, their clocks stopped at the same instant, get two default run directories, each
+    with a whole run, and no temporary file is left."""
+    (tmp_path / "stopped_clock.py").write_text(STOPPED_CLOCK)
+    command = [sys.executable, "stopped_clock.py", os.path.join(ROOT, f"{script}.py"), *SCRIPTS[script]["short"]]
+    procs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in "ab"]
+    assert [proc.wait(timeout=300) for proc in procs] == [0, 0], [proc.stderr.read() for proc in procs]
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all((run / "model.pt").exists() and (run / "metrics.csv").exists() for run in runs)
-    assert saved_to and all(str(os.getpid()) in os.path.basename(str(path)) for path in saved_to)
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert all("__1700000000_" in run.name for run in runs) and not list(tmp_path.rglob("model.pt.*"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -435,19 +444,19 @@ def test_ctrl_c_during_a_save_leaves_a_complete_checkpoint_and_no_traceback(scri
     assert exit_status(script, [*SCRIPTS[script]["long"], "--log-interval", "1", "--run-dir", str(run)]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted" in err, err
-    assert not list(run.glob("*.tmp"))
-    state = importlib.import_module(script).load_checkpoint(str(run / "model.pt"))
+    assert not list(run.glob("model.pt.*"))
+    state = torch.load(run / "model.pt", weights_only=True)
     assert state[SCRIPTS[script]["step"]] == int(read_csv(run / "metrics.csv")[-1]["global_step"])
 
 
-@pytest.mark.parametrize("damage", ["no args", "args emptied", "an unknown arg", "NaN weights"])
+@pytest.mark.parametrize("damage", ["no args", "another width", "an unknown arg", "NaN weights"])
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_damaged_or_older_checkpoints_are_refused_at_load(script, damage, checkpoint_of, tmp_path, capsys):
     state = torch.load(checkpoint_of(script), weights_only=True)
     if damage == "no args":
         del state["args"]
-    elif damage == "args emptied":
-        state["args"] = {}
+    elif damage == "another width":  # weights that do not fit the network its args describe
+        state["args"][SCRIPTS[script]["width"]] *= 2
     elif damage == "an unknown arg":
         state["args"]["no_such_arg"] = 1
     else:
@@ -505,7 +514,20 @@ def test_discrete_actions_that_start_at_one_reach_the_env_as_such(script, tmp_pa
 # ----------------------------------------------------------------------------------------------
 # torchrun: the same command on 2 processes
 # ----------------------------------------------------------------------------------------------
-TORCHRUN = ["ppo", "grpo"]  # the update's equality with one process's is proved in each script's own test file
+TORCHRUN = ["ppo", "grpo", "dr_grpo"]  # the update's equality with one process's: each one's own test file
+ONE_PROCESS = [s for s in SCRIPTS if s not in TORCHRUN]
+
+
+@pytest.mark.parametrize("script", ONE_PROCESS)
+def test_the_scripts_that_run_on_one_process_refuse_torchruns_processes(script, tmp_path, monkeypatch, capsys):
+    """Started by torchrun on 2 processes (its environment variables), each process exits 2 before anything is written,
+    with one line that names the scripts that do run under torchrun."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert exit_status(script, [*SCRIPTS[script]["short"], "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and all(f"{s}.py" in err for s in TORCHRUN), err
+    assert not (tmp_path / "run").exists()
 
 
 OPTIONAL = {"episodes.csv", "groups.csv"}  # the Gymnasium scripts' episodes, the GRPO scripts' groups

@@ -7,8 +7,6 @@ policy_loss, with advantages built by its own returns_to_go, leave_one_out_basel
 
 import copy
 import dataclasses
-import io
-import itertools
 import math
 
 import gymnasium as gym
@@ -26,12 +24,10 @@ from exact import (
     trajectory_log_probs,
     true_grad,
 )
-from processes import on_two_processes
 from runs import read_csv
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
-    flat_parameters,
     ids,
     optimiser_step,
     record_learning_rates,
@@ -361,19 +357,6 @@ def test_baseline_decay_outside_0_1_is_refused(value, tmp_path, capsys):
     assert "--baseline-decay" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
-def test_episodes_that_do_not_split_over_torchruns_processes_are_refused_with_one_line(tmp_path, monkeypatch, capsys):
-    """Under torchrun (its environment variables) --episodes-per-batch is the total: 8 episodes do not split over 3
-    processes (exit 2, one line, before training); over 2 they do."""
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    assert reinforce.main(["--run-dir", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "--episodes-per-batch 8" in err and "3 processes" in err, err
-    assert not (tmp_path / "run").exists()
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert reinforce.Args().problems() == []
-
-
 def test_pendulum_gaussian_path_runs(tmp_path):
     run = tmp_path / "run"
     assert reinforce.main(["--env-id", "Pendulum-v1", "--total-timesteps", "3200", "--run-dir", str(run)]) == 0
@@ -490,50 +473,3 @@ def test_every_hyperparameter_of_the_loss_reaches_update():
         moving_args,
         {"baseline_decay": 0.1},
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# h. torchrun: two processes, each with a part of the batch, make the update of one process on the whole batch
-# ----------------------------------------------------------------------------------------------
-SPLIT_LENGTHS = (4, 2, 5, 3)  # process 0 holds the first three episodes, process 1 the last: not the longest
-CUT = sum(SPLIT_LENGTHS[:3])  # an uneven split, so that every count and weight must be the whole batch's
-CASES = list(itertools.product(SPACES, ["none", "mean", "moving", "value"], [0.5, 0.0]))  # clipped or not
-
-
-def updated(state, case, part: slice) -> torch.Tensor:
-    """update() of state on `part` of the steps of the 4-episode batch, for case = (space, baseline, max_grad_norm):
-    the parameters of both networks and the moving baseline's averages, in one vector."""
-    space, baseline, max_grad_norm = case
-    batch = {k: v[part] for k, v in wiring_batch(3, SPACES[space], SPLIT_LENGTHS).items()}
-    reinforce.update(*state, batch, dataclasses.replace(WIRING_ARGS, baseline=baseline, max_grad_norm=max_grad_norm))
-    return torch.cat([flat_parameters(state), state[-1].averages])
-
-
-def update_and_train_on_a_share(rank: int, states: bytes, run_dir: str) -> tuple:
-    """On process `rank` of 2: each warmed-up state updated on this process's episodes; then a short train(), with
-    the seeds its envs got, the lengths of its episodes and the global step it counted."""
-    parts = {case: updated(state, case, [slice(CUT), slice(CUT, None)][rank]) for case, state in
-             torch.load(io.BytesIO(states), weights_only=False).items()}  # fmt: skip
-    envs, lengths, make_env, on_episode_end = [], [], reinforce.make_env, reinforce.Run.on_episode_end
-    reinforce.make_env = lambda env_id: envs.append(make_env(env_id)) or envs[-1]
-    reinforce.Run.on_episode_end = lambda run, *episode: lengths.append(episode[1]) or on_episode_end(run, *episode)
-    summary = reinforce.train(reinforce.Args(total_timesteps=2000, seed=5, hidden_size=8, run_dir=run_dir))
-    return parts, [env.unwrapped.np_random_seed for env in envs], lengths, summary["global_step"]
-
-
-def test_update_on_two_processes_is_the_update_of_one_on_their_union(tmp_path):
-    """One spawn for every case: the padding to the longest episode, the leave-one-out and moving baselines' sums,
-    the episode count, the value loss's weights and the gradients all span both processes. Then torchrun's train():
-    8 episodes a batch, 4 on each process, env i of 8 seeded seed + i, and one global step counted alike on both."""
-    states = {case: reinforce_state(SPACES[case[0]])[0] for case in CASES}
-    buffer = io.BytesIO()
-    torch.save(states, buffer)  # every process starts from these, as train() starts each from the same networks
-    results = on_two_processes(update_and_train_on_a_share, buffer.getvalue(), str(tmp_path / "run"))
-    for case in CASES:
-        whole = updated(states[case], case, slice(None))
-        for parts, *_ in results:
-            assert_close(parts[case], whole, rtol=1e-12)
-    (_, seeds_0, lengths_0, step_0), (_, seeds_1, lengths_1, step_1) = results
-    assert seeds_0 + seeds_1 == list(range(5, 13)) and lengths_0 != lengths_1
-    total = sum(lengths_0 + lengths_1)  # run.log counts twice what it is given: an odd step waits for the next update
-    assert step_0 == step_1 == int(read_csv(tmp_path / "run" / "metrics.csv")[-1]["global_step"]) == total - total % 2

@@ -1,13 +1,12 @@
 """trpo.py: the Fisher-vector product against the exact Fisher matrix and against finite differences, conjugate
 gradient against a dense solve and its theory, the surrogate's gradient against grad J on the exact MDP, the
-trust-region step and line search on a small network, the wiring of update() (its learning rate, and on two
-processes), and short real runs.
+trust-region step and line search on a small network, the wiring of update() (and its learning rate),
+and short real runs.
 
 Everything exact is float64. The Fisher matrix is formed densely only here, to check the products that the
 script uses instead.
 """
 
-import dataclasses
 import math
 
 import gymnasium as gym
@@ -15,12 +14,10 @@ import numpy as np
 import pytest
 import torch
 from exact import F64, MDP, THETA, assert_close, expected_grad, fd_grad, trajectory_log_probs, true_grad
-from processes import on_two_processes
 from runs import eval_mean_return, read_csv, short_run_improves
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
     assert_update_is_hand_built_steps,
-    flat_parameters,
     ids,
     optimiser_step,
     record_learning_rates,
@@ -443,31 +440,6 @@ def test_every_hyperparameter_of_the_update_reaches_it():
     assert_each_hyperparameter_changes_the_update(
         state, lambda s, args: run_update(s, batch, args), WIRING_ARGS, changes
     )
-
-
-def update_on_a_share(rank: int) -> tuple[torch.Tensor, dict]:
-    """On process `rank` of 2: the wiring state, then update() on this process's half of the envs; the parameters
-    and the update's stats."""
-    state, _ = trpo_state()
-    stats = run_update(
-        state, {k: v[:, 2 * rank : 2 * rank + 2] for k, v in rollout_batch(3, N=4).items()}, ONE_MINIBATCH
-    )
-    return flat_parameters(state), stats
-
-
-ONE_MINIBATCH = dataclasses.replace(WIRING_ARGS, num_minibatches=1)  # so that the critic's batch is the union too
-
-
-def test_update_on_two_processes_is_the_update_of_one_on_their_union():
-    """torchrun's split: each process has 2 of the 4 envs; the surrogate's gradient, the Fisher-vector products,
-    the line search's surrogate and KL, and the critic's gradients are the means over all 4 envs' steps."""
-    state, _ = trpo_state()
-    stats = run_update(state, rollout_batch(3, N=4), ONE_MINIBATCH)
-    assert stats["accepted"] == 1.0
-    for parameters, process_stats in on_two_processes(update_on_a_share):
-        assert_close(parameters, flat_parameters(state), rtol=1e-12)
-        for key in ("kl", "surrogate_improvement", "backtracks"):  # the line search saw the union's numbers
-            assert process_stats[key] == pytest.approx(stats[key], rel=1e-12)
 
 
 def test_every_critic_step_of_every_update_applies_the_constant_learning_rate(tmp_path, monkeypatch):
