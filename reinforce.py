@@ -156,13 +156,14 @@ class ValueNet(nn.Module):
 def returns_to_go(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> torch.Tensor:
     """G_t = r_t + gamma * G_{t+1}, restarting at every episode end; no bootstrap past an end.
 
-    rewards, dones (float or bool): [T], whole episodes laid end to end, or [T, N], N envs side by side; dones[t]
-    true at the last step of an episode (terminated or cut by a time limit alike). Returns G, shaped as rewards,
-    on its device. Instead of T sequential steps, log2(T) whole-tensor passes: after the pass with span s, G_t
-    sums the rewards of steps t .. t + 2s - 1, each discounted to t, and reach_t is the discount by which
-    G_{t + 2s} would join it (0 past the episode's end).
+    rewards: float tensor [T], whole episodes laid end to end, or [T, N], N envs side by side; dones: the same shape,
+    bool or 0/1, a tensor or a numpy array as Gymnasium returns it, true at the last step of an episode (terminated
+    or cut by a time limit alike). Returns G, shaped as rewards, on its device. Instead of T sequential steps,
+    log2(T) whole-tensor passes: after the pass with span s, G_t sums the rewards of steps t .. t + 2s - 1, each
+    discounted to t, and reach_t is the discount by which G_{t + 2s} would join it (0 past the episode's end).
     """
-    G, reach = rewards.clone(), gamma * (1.0 - dones.to(rewards.dtype))
+    dones = torch.as_tensor(dones, dtype=rewards.dtype, device=rewards.device)
+    G, reach = rewards.clone(), gamma * (1.0 - dones)
     span = 1
     while span < len(G):
         G[:-span] = G[:-span] + reach[:-span] * G[span:]

@@ -415,6 +415,15 @@ def test_gae_takes_the_bool_arrays_gymnasium_returns_for_terminated_and_truncate
         assert torch.equal(ppo.gae(rewards, values, next_values, *flags, 0.9, 0.8), expected)
 
 
+def test_normalize_refuses_fewer_than_two_advantages_and_matches_its_formula():
+    """Copied alone, normalize() of one advantage raises (its unbiased std is undefined) instead of returning NaN;
+    of two or more it is (A - mean) / (unbiased std + eps)."""
+    with pytest.raises(ValueError, match="2 advantages"):
+        ppo.normalize(torch.tensor([1.5]))
+    a = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    assert_close(ppo.normalize(a), (a - a.mean()) / (a.std() + 1e-8), rtol=1e-12)
+
+
 def test_a_minibatch_of_one_step_is_refused_when_advantages_are_normalised(tmp_path, capsys):
     """normalize() of one advantage is 0 / 0: with --norm-adv, minibatches of one step are bad input (exit 2, one
     line naming --num-minibatches); with --no-norm-adv the same split trains."""

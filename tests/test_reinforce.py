@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from exact import (
@@ -254,6 +255,8 @@ def test_returns_to_go_of_envs_side_by_side():
     assert_close(reinforce.returns_to_go(rewards, dones, 0.5), expected.to(F64), rtol=1e-12)
     for n in range(2):  # and each column as the [T] case computes it
         assert_close(reinforce.returns_to_go(rewards[:, n], dones[:, n].to(F64), 0.5), expected[:, n].to(F64))
+    for numpy_dones in (dones.numpy(), dones.numpy().astype(np.float32)):  # the arrays Gymnasium returns, as gae()
+        assert_close(reinforce.returns_to_go(rewards, numpy_dones, 0.5), expected.to(F64), rtol=1e-12)
 
 
 class StaysOnDevice(torch.Tensor):
