@@ -103,6 +103,9 @@ TASKS = {
     "CartPole-v1": Task(threshold=475.0),
     "Acrobot-v1": Task(threshold=-100.0),
     "Pendulum-v1": Task(threshold=None, marks=(100_000,)),
+    **{
+        task: Task(threshold=None) for task in ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
+    },  # benchmarks/mujoco_benchmark.py
 }
 
 # algorithm: (command after the interpreter, the Stable-Baselines3 algorithm it is compared with)

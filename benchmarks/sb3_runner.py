@@ -5,9 +5,10 @@ write the same episodes.csv and metrics.csv as our scripts, so that benchmarks/r
 
 The command line is our scripts' (`--env-id`, `--seed`, `--total-timesteps`, `--run-dir`, `--torch-threads`,
 `--device`), plus `--algo ppo|a2c|trpo`. The hyperparameters are the RL Zoo's for that (algorithm, task), in
-ZOO below, applied the way the Zoo applies them: `n_envs` copies in a DummyVecEnv with a Monitor each, seeded
-with `--seed`; `normalize: true` wraps a VecNormalize with the algorithm's gamma; `lin_X` is a schedule from X
-down to 0 over the budget. Only the budget is ours (`--total-timesteps`, not the Zoo's `n_timesteps`).
+ZOO below (on MuJoCo, CleanRL's instead: CLEANRL), applied the way the Zoo applies them: `n_envs` copies in a
+DummyVecEnv with a Monitor each, seeded with `--seed`; `normalize: true` wraps a VecNormalize with the algorithm's
+gamma; `lin_X` is a schedule from X down to 0 over the budget. Only the budget is ours (`--total-timesteps`, not
+the Zoo's `n_timesteps`).
 
 Files, as our scripts write them (CONVENTIONS.md): episodes.csv, one row per finished training episode
 (`global_step` at its end, counting the steps of every env, `wall_time` in seconds since training started,
@@ -45,6 +46,11 @@ ZOO = {
                                   sde_sample_freq=4),
     ("trpo", "Acrobot-v1"): dict(normalize=True, n_envs=2, n_steps=1024),
 }  # fmt: skip
+# MuJoCo (benchmarks/mujoco_benchmark.py): not the Zoo's settings but CleanRL's ppo_continuous_action.py defaults,
+# those ppo.py runs with there, so that both libraries train with the same hyperparameters (no value clipping).
+CLEANRL = dict(normalize=True, n_envs=1, n_steps=2048, batch_size=64, n_epochs=10, learning_rate=("lin", 3e-4),
+               gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)  # fmt: skip
+ZOO |= {("ppo", task): CLEANRL for task in ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")}
 
 EPISODE_COLUMNS = ["global_step", "wall_time", "return", "length"]
 METRIC_COLUMNS = ["global_step", "wall_time", "sps", "episodic_return"]
