@@ -26,7 +26,9 @@ from exact import (
 from runs import eval_mean_return, read_csv
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
+    assert_optimisers_hold_each_parameter_once,
     assert_update_is_hand_built_steps,
+    first_update_of_train,
     ids,
     optimiser_step,
     record_learning_rates,
@@ -391,3 +393,17 @@ def test_pendulum_gaussian_path_runs_and_every_episode_is_truncated(tmp_path, ca
     assert [int(e["global_step"]) for e in episodes] == [800] * 4 + [1600] * 4
     assert len(read_csv(run / "metrics.csv")) == 1600 // 64 and (run / "model.pt").exists()
     eval_mean_return(ac, run / "model.pt", capsys)
+
+
+@pytest.mark.parametrize("network", ["separate", "shared"])
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])  # Discrete; a Gaussian policy with its log-std
+def test_train_steps_every_parameter_of_the_networks_it_builds(env_id, network, tmp_path, monkeypatch):
+    """The networks train() builds, through its first update(): its optimiser holds exactly the actor's and the
+    critic's parameters, the hidden layers they share (--network shared) once, and the update moves every one."""
+    args = ac.Args(env_id=env_id, network=network, total_timesteps=1, num_envs=2, num_steps=8, hidden_size=8,
+                   run_dir=str(tmp_path / "run"))  # fmt: skip
+    first = first_update_of_train(ac, args, monkeypatch)
+    policy, value_net, optimizer = first.calls["update"][:3]
+    assert_optimisers_hold_each_parameter_once([optimizer], policy, value_net)
+    assert (ids(policy) & ids(value_net) != set()) == (network == "shared")
+    assert all(first.moved(policy, value_net).values()), first.moved(policy, value_net)

@@ -32,7 +32,9 @@ from processes import on_two_processes
 from runs import read_csv, short_grpo_run_learns_and_eval_reloads
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
+    assert_optimisers_hold_each_parameter_once,
     assert_update_is_hand_built_steps,
+    first_update_of_train,
     flat_parameters,
     optimiser_step,
 )
@@ -845,3 +847,16 @@ def test_a_checkpoint_trained_on_cuda_evaluates_on_a_cpu(module, tmp_path, capsy
     state["args"]["device"] = "cuda"
     torch.save(state, tmp_path / "cuda.pt")
     assert module.main(["--eval", str(tmp_path / "cuda.pt"), "--device", "cpu"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [grpo, dr_grpo], ids=["grpo", "dr_grpo"])
+def test_train_steps_every_parameter_of_the_policy_it_builds_and_not_the_reference(module, tmp_path, monkeypatch):
+    """The networks train() builds, through its first update(): the optimiser holds exactly the policy's parameters;
+    the update moves every one of them, and not one of the frozen reference's, which rollout() is handed."""
+    args = module.Args(total_updates=1, prompts_per_update=16, group_size=8, d_model=16, n_layers=1, n_heads=2,
+                       device="cpu", run_dir=str(tmp_path / "run"))  # fmt: skip
+    first = first_update_of_train(module, args, monkeypatch, also=("rollout",))
+    (policy, optimizer), reference = first.calls["update"][:2], first.calls["rollout"][1]
+    assert_optimisers_hold_each_parameter_once([optimizer], policy)
+    assert all(first.moved(policy).values()), first.moved(policy)
+    assert not any(first.moved(reference).values()) and not any(p.requires_grad for p in reference.parameters())

@@ -32,7 +32,9 @@ from processes import on_two_processes
 from runs import eval_mean_return, short_run_improves
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
+    assert_optimisers_hold_each_parameter_once,
     assert_update_is_hand_built_steps,
+    first_update_of_train,
     flat_parameters,
     optimiser_step,
     record_learning_rates,
@@ -559,3 +561,40 @@ def test_with_norm_reward_the_advantages_are_computed_from_the_scaled_rewards(mo
         expected, unscaled = torch.tensor(np.stack(scaled[steps])), torch.tensor(np.stack(raw[steps]))
         assert_close(rewards, expected, rtol=1e-6)
         assert (rewards - unscaled).abs().max() > 1.0
+
+
+@pytest.mark.parametrize("network", ["separate", "shared"])
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])  # Discrete; a Gaussian policy with its log-std
+def test_train_steps_every_parameter_of_the_networks_it_builds(env_id, network, tmp_path, monkeypatch):
+    """The networks train() builds, through its first update(): its optimiser holds exactly the actor's and the
+    critic's parameters, the hidden layers they share (--network shared) once; the update moves every one of them
+    and leaves the observation and reward normaliser's statistics as the rollout left them."""
+    args = ppo.Args(
+        env_id=env_id,
+        network=network,
+        total_timesteps=1,
+        num_envs=2,
+        num_steps=8,
+        num_minibatches=2,
+        update_epochs=2,
+        hidden_size=8,
+        norm_obs=True,
+        norm_reward=True,
+        run_dir=str(tmp_path / "run"),
+    )
+    statistics, real_update = [], ppo.update
+
+    def update_between_two_looks_at_the_normaliser(*a, **k):
+        statistics.append({k: v.clone() for k, v in normalizer[0].state_dict().items()})
+        out = real_update(*a, **k)
+        statistics.append({k: v.clone() for k, v in normalizer[0].state_dict().items()})
+        return out
+
+    normalizer, real_normalizer = [], ppo.Normalizer
+    monkeypatch.setattr(ppo, "Normalizer", lambda *a: normalizer.append(real_normalizer(*a)) or normalizer[-1])
+    monkeypatch.setattr(ppo, "update", update_between_two_looks_at_the_normaliser)
+    first = first_update_of_train(ppo, args, monkeypatch)
+    policy, value_net, optimizer = first.calls["update"][:3]
+    assert_optimisers_hold_each_parameter_once([optimizer], policy, value_net)
+    assert all(first.moved(policy, value_net).values()), first.moved(policy, value_net)
+    assert normalizer[0].obs_count > 1 and all(torch.equal(statistics[0][k], statistics[1][k]) for k in statistics[0])

@@ -28,7 +28,9 @@ from exact import (
 from runs import read_csv
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
+    assert_optimisers_hold_each_parameter_once,
     assert_update_is_hand_built_steps,
+    first_update_of_train,
     ids,
     optimiser_step,
     record_learning_rates,
@@ -476,3 +478,25 @@ def test_every_hyperparameter_of_the_loss_reaches_update():
         moving_args,
         {"baseline_decay": 0.1},
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Every network that should learn does: the optimisers train() itself builds
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("baseline", ["value", "moving"])
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])  # Discrete; a Gaussian policy with its log-std
+def test_train_steps_every_parameter_of_the_networks_it_builds(env_id, baseline, tmp_path, monkeypatch):
+    """The networks train() builds, through its first update(): the policy's optimiser holds exactly the policy's
+    parameters (its log-std included), the value optimiser exactly the value network's (--baseline value; none
+    otherwise), and the update moves every one of them."""
+    args = reinforce.Args(env_id=env_id, baseline=baseline, total_timesteps=1, episodes_per_batch=2, hidden_size=8,
+                          run_dir=str(tmp_path / "run"))  # fmt: skip
+    first = first_update_of_train(reinforce, args, monkeypatch)
+    policy, value_net, optimizer, value_optimizer = first.calls["update"][:4]
+    assert_optimisers_hold_each_parameter_once([optimizer], policy)
+    if baseline == "value":
+        assert_optimisers_hold_each_parameter_once([value_optimizer], value_net)
+    else:
+        assert value_net is None and value_optimizer is None
+    learners = [policy] + ([value_net] if value_net is not None else [])
+    assert all(first.moved(*learners).values()), first.moved(*learners)

@@ -17,7 +17,9 @@ from exact import F64, MDP, THETA, assert_close, expected_grad, fd_grad, traject
 from runs import eval_mean_return, read_csv, short_run_improves
 from wiring import (
     assert_each_hyperparameter_changes_the_update,
+    assert_optimisers_hold_each_parameter_once,
     assert_update_is_hand_built_steps,
+    first_update_of_train,
     ids,
     optimiser_step,
     record_learning_rates,
@@ -472,3 +474,20 @@ def test_pendulum_gaussian_path_runs(tmp_path, capsys):
     rows = read_csv(run / "metrics.csv")
     assert len(rows) == 2 and all(float(r["kl"]) <= trpo.Args.delta for r in rows)
     eval_mean_return(trpo, run / "model.pt", capsys)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])  # Discrete; a Gaussian policy with its log-std
+def test_train_steps_every_parameter_of_the_networks_it_builds(env_id, tmp_path, monkeypatch):
+    """The networks train() builds, through its first update(): the optimiser holds exactly the critic's parameters
+    (the policy moves by the trust-region step, not by an optimiser), and the update moves every parameter of both:
+    the critic by Adam, the policy, log-std included, by the accepted step."""
+    args = trpo.Args(env_id=env_id, total_timesteps=1, num_envs=2, num_steps=32, num_minibatches=4, hidden_size=8,
+                     run_dir=str(tmp_path / "run"))  # fmt: skip
+    accepted = []
+    real_policy_step = trpo.policy_step
+    monkeypatch.setattr(trpo, "policy_step", lambda *a: accepted.append(real_policy_step(*a)["accepted"]) or {})
+    first = first_update_of_train(trpo, args, monkeypatch)
+    policy, value_net, optimizer = first.calls["update"][:3]
+    assert_optimisers_hold_each_parameter_once([optimizer], value_net)
+    assert accepted == [1.0]
+    assert all(first.moved(policy, value_net).values()), first.moved(policy, value_net)

@@ -148,3 +148,54 @@ def record_learning_rates(module, monkeypatch) -> list[tuple[tuple, list[tuple[s
 def ids(*modules: nn.Module) -> set[int]:
     """The ids of every parameter of the modules."""
     return {id(p) for m in modules for p in m.parameters()}
+
+
+@dataclasses.dataclass
+class FirstUpdate:
+    """What train() built and handed its first update(): the arguments of the first call of each spied function, the
+    optimisers among update()'s arguments, and every parameter of every nn.Module among those arguments, by id,
+    before and after that update()."""
+
+    calls: dict[str, tuple]
+    optimizers: list[torch.optim.Optimizer]
+    before: dict[int, torch.Tensor]
+    after: dict[int, torch.Tensor]
+
+    def moved(self, *modules: nn.Module) -> dict[str, bool]:
+        """For each named parameter of the modules: did update() change it?"""
+        return {name: not torch.equal(self.before[id(p)], self.after[id(p)])
+                for m in modules for name, p in m.named_parameters()}  # fmt: skip
+
+
+def first_update_of_train(module, args, monkeypatch, also: tuple[str, ...] = ()) -> FirstUpdate:
+    """Run module.train(args), its real code with args' budget of one update, spying on update() and on the module's
+    functions named in `also` (their first call's arguments are kept: grpo's rollout() is handed the reference)."""
+    calls, snapshots, optimizers = {}, [], []
+
+    def spy(name, real):
+        def spied(*a, **k):
+            calls.setdefault(name, a)
+            modules = [x for c in calls.values() for x in c if isinstance(x, nn.Module)]
+            snapshot = lambda: {id(p): p.detach().clone() for m in modules for p in m.parameters()}  # noqa: E731
+            if name != "update":
+                return real(*a, **k)
+            optimizers[:] = [x for x in a if isinstance(x, torch.optim.Optimizer)]
+            snapshots.append(snapshot())
+            out = real(*a, **k)
+            snapshots.append(snapshot())
+            return out
+
+        return spied
+
+    for name in ("update", *also):
+        monkeypatch.setattr(module, name, spy(name, getattr(module, name)))
+    module.train(args)
+    assert len(snapshots) == 2, f"train() ran {len(snapshots) // 2} updates, not 1"
+    return FirstUpdate(calls, optimizers, *snapshots)
+
+
+def assert_optimisers_hold_each_parameter_once(optimizers, *modules: nn.Module) -> None:
+    """The optimisers hold exactly the parameters of the modules, each once (a layer two networks share, once)."""
+    held = [id(p) for o in optimizers for g in o.param_groups for p in g["params"]]
+    assert len(held) == len(set(held)), "a parameter is in an optimiser twice"
+    assert set(held) == ids(*modules), "the optimisers do not hold exactly the networks' parameters"
