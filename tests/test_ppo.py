@@ -12,6 +12,7 @@ objective, against the exact expectation of the gradient of ppo.py's own policy_
 
 import copy
 import dataclasses
+import importlib.util
 
 import gymnasium as gym
 import numpy as np
@@ -598,3 +599,32 @@ def test_train_steps_every_parameter_of_the_networks_it_builds(env_id, network, 
     assert_optimisers_hold_each_parameter_once([optimizer], policy, value_net)
     assert all(first.moved(policy, value_net).values()), first.moved(policy, value_net)
     assert normalizer[0].obs_count > 1 and all(torch.equal(statistics[0][k], statistics[1][k]) for k in statistics[0])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo is not installed: it comes with "
+                    "benchmarks/requirements.txt (gymnasium[mujoco])")  # fmt: skip
+def test_a_mujoco_checkpoint_evaluates_with_its_saved_normaliser(tmp_path, capsys):
+    """ppo.py on Hopper-v5 for 2 rollouts of benchmarks/mujoco_benchmark.py's setting; --eval prints the mean return
+    of the greedy episodes that the saved policy, with the saved observation statistics, plays (seeds 1, 2, 3)."""
+    run = tmp_path / "run"
+    setting = ["--num-envs", "1", "--num-steps", "2048", "--num-minibatches", "32", "--norm-obs", "--norm-reward"]
+    assert ppo.main(["--env-id", "Hopper-v5", "--total-timesteps", "4096", *setting, "--run-dir", str(run)]) == 0
+    printed = eval_mean_return(ppo, run / "model.pt", capsys)
+    state = torch.load(run / "model.pt", weights_only=True)
+    env = gym.make("Hopper-v5")
+    policy = ppo.Policy(env.observation_space.shape[0], env.action_space, 64)
+    policy.load_state_dict(state["policy"])
+    normalizer = ppo.Normalizer(env.observation_space.shape, 1, 0.99, True, True)
+    normalizer.load_state_dict(state["normalizer"])
+    assert normalizer.obs_count > 4000  # the statistics of training, not the initial ones
+    returns = []
+    for seed in (1, 2, 3):
+        (obs, _), done, total = env.reset(seed=seed), False, 0.0
+        while not done:
+            action, _ = policy.act(
+                torch.as_tensor(normalizer.obs(obs[None], update=False), dtype=torch.float32), greedy=True
+            )
+            obs, reward, terminated, truncated, _ = env.step(np.clip(action[0].numpy(), -1.0, 1.0))
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    assert printed == pytest.approx(np.mean(returns), abs=0.006)  # printed with 2 decimals
