@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 
-from common import ROOT, fmt, launch_offset, load_average, machine_lines, read_rows, run_command
+from common import ROOT, fmt, launch_offset, load_average, machine_lines, median_and_worst, read_rows, run_command
 
 
 def run_seed(seed: int, updates: int, extra: list[str], run_dir: str) -> tuple[list[dict[str, str]], list[float]]:
@@ -66,20 +66,20 @@ def main() -> None:
     out(f"### Time to {args.threshold:.0%} greedy accuracy on the held-out prompts\n")
     out("| seed | updates to reach | seconds to reach | final accuracy | updates | total seconds |")
     out("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    reached_u, reached_s = [], []
+    reached_u, reached_s = [], []  # per seed; None: not reached
     for seed, (rows, seen) in runs.items():
         hit = next((i for i, r in enumerate(rows) if float(r["eval_accuracy"]) >= args.threshold), None)
         u = int(rows[hit]["global_step"]) if hit is not None else None
         s = seen[hit] if hit is not None else None
-        if hit is not None:
-            reached_u.append(u)
-            reached_s.append(s)
+        reached_u.append(u)
+        reached_s.append(s)
         final = float(rows[-1]["eval_accuracy"])
         out(f"| {seed} | {u if u is not None else 'not reached'} | {fmt(s, 1)} | {final:.3f} | {len(rows)} "
               f"| {seen[-1]:.1f} |")  # fmt: skip
-    if reached_u:
-        out(f"| median of {len(reached_u)} reached | {statistics.median(reached_u):g} | "
-              f"{statistics.median(reached_s):.1f} | | | |")  # fmt: skip
+    (median_u, worst_u), (median_s, worst_s) = median_and_worst(reached_u), median_and_worst(reached_s)
+    cell = lambda x, digits: "not reached" if x is None else f"{x:.{digits}f}"  # noqa: E731
+    out(f"| median (worst) of {len(runs)} seeds | {cell(median_u, 1)} ({cell(worst_u, 0)}) | {cell(median_s, 1)} "
+        f"({cell(worst_s, 1)}) | | | |")  # fmt: skip
 
     out("\n### Greedy accuracy against updates and seconds (mean over the seeds, then each seed)\n")
     out("| update | seconds (mean) | accuracy (mean) | per seed |")
