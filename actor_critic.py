@@ -392,6 +392,8 @@ class Run:
             print(f"\ninterrupted at global step {self.global_step}; saved in {self.dir}", file=sys.stderr)
         signal.signal(signal.SIGINT, sigint)
         signal.signal(signal.SIGTERM, self.sigterm)
+        self.metrics.close()
+        self.episodes.close()
         if isinstance(error, FloatingPointError):  # args: what, and for the environment's, the steps into the rollout
             at = self.global_step + (error.args[1] if len(error.args) > 1 else 0)
             kept = f"the last good checkpoint is {self.dir}/model.pt" if self.saved else "no checkpoint was saved"

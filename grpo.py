@@ -466,6 +466,8 @@ class Run:
                 print(f"\ninterrupted at update {self.global_step}; saved in {self.dir}", file=sys.stderr)
         signal.signal(signal.SIGINT, sigint)
         signal.signal(signal.SIGTERM, self.sigterm)
+        self.metrics.close()
+        self.groups.close()
         if isinstance(error, FloatingPointError):
             kept = f"the last good checkpoint is {self.dir}/model.pt" if self.saved else "no checkpoint was saved"
             print(f"stopped: {error.args[0]} at update {self.global_step + 1}; {kept}", file=sys.stderr)
