@@ -13,6 +13,7 @@ import platform
 import statistics
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -167,6 +168,15 @@ def quartiles(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if seen.any():
         out[:, seen] = np.nanpercentile(curves[:, seen], [25, 50, 75], axis=0)
     return out[0], out[1], out[2]
+
+
+def spread(curves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median, minimum and maximum over seeds (axis 0) at each point, ignoring NaN (curves cut to the shortest)."""
+    n = min(len(c) for c in curves)
+    stack = np.stack([c[:n] for c in curves])
+    with warnings.catch_warnings():  # a point where every seed is NaN gives NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
 
 
 def plot_curves(path: str, title: str, panels: list[tuple[str, dict[str, tuple]]], ylabel: str, hline=None,

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import ROOT, load_average, machine_lines, plot_curves, read_rows, run_command
+from common import ROOT, load_average, machine_lines, plot_curves, read_rows, run_command, spread
 from grpo_vs_dr_grpo import SETTING
 
 ALGOS = ("grpo", "dr_grpo")
@@ -148,8 +148,10 @@ def report(out: str, grid: dict[str, list[float]], command: str, beta: float) ->
                      + " | ".join(f"{at_best[a]['lengths'][k]:.2f}" for a in ALGOS) + " |")  # fmt: skip
     lines += ["", "![accuracy at each script's best rate](grpo_lr_sweep.png)", ""]
     grid_x = np.arange(1, UPDATES + 1)
-    series = {f"{a}.py, lr {DEFAULT_LR * bests[a]:g}": (grid_x, at_best[a]["curves"].min(0),
-              np.median(at_best[a]["curves"], 0), at_best[a]["curves"].max(0)) for a in ALGOS}  # fmt: skip
+    series = {}
+    for a in ALGOS:
+        median, worst, best_seed = spread(list(at_best[a]["curves"]))
+        series[f"{a}.py, lr {DEFAULT_LR * bests[a]:g}"] = (grid_x, worst, median, best_seed)
     plot_curves(os.path.join(out, "grpo_lr_sweep.png"), "greedy held-out accuracy at each script's best rate: "
                 f"median, and the band from the worst to the best of {len(SEEDS)} seeds",
                 [("updates", series)], "accuracy", hline=THRESHOLD)  # fmt: skip

@@ -32,12 +32,11 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from common import ROOT, fmt, load_average, machine_lines, read_rows, run_command
+from common import ROOT, fmt, load_average, machine_lines, read_rows, run_command, spread
 
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from exact import conditional_advantages  # noqa: E402  (the tests' closed form of E[A_i | r_i])
@@ -91,15 +90,6 @@ def rolling(x: np.ndarray, n: int) -> np.ndarray:
         if len(window):
             out[i] = window.mean()
     return out
-
-
-def spread(curves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Median, minimum and maximum over seeds at each update (runs cut to the shortest)."""
-    n = min(len(c) for c in curves)
-    stack = np.stack([c[:n] for c in curves])
-    with warnings.catch_warnings():  # an update at which no seed sampled a wrong completion gives NaN, quietly
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(stack, 0), np.nanmin(stack, 0), np.nanmax(stack, 0)
 
 
 def exact_weight(algo: str, group_size: int) -> callable:

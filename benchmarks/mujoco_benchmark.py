@@ -29,7 +29,16 @@ import sys
 import time
 
 import numpy as np
-from common import ROOT, curve_on_grid, load_average, machine_lines, plot_curves, read_episodes, rolling_mean
+from common import (
+    ROOT,
+    curve_on_grid,
+    load_average,
+    machine_lines,
+    plot_curves,
+    read_episodes,
+    rolling_mean,
+    spread,
+)
 from run import Job, finished, run_all
 
 TASKS = ["Hopper-v5", "HalfCheetah-v5", "Walker2d-v5"]
@@ -108,9 +117,10 @@ def report(jobs: list[Job], records: dict[int, dict], out: str, command: str) ->
         grid = np.linspace(0, BUDGET, 201)
         series = {}
         for algo, done in runs.items():
-            curves = np.array([curve_on_grid(ep.steps, rolling_mean(ep.returns, WINDOW), grid) for _, ep, _ in done])
-            series[NAMES[algo] if algo != "sb3-ppo" else "sb3 PPO"] = (
-                grid, np.nanmin(curves, 0), np.nanmedian(curves, 0), np.nanmax(curves, 0))  # fmt: skip
+            median, low, high = spread(
+                [curve_on_grid(ep.steps, rolling_mean(ep.returns, WINDOW), grid) for _, ep, _ in done]
+            )
+            series[NAMES[algo] if algo != "sb3-ppo" else "sb3 PPO"] = (grid, low, median, high)
         if series:
             title = f"{task}: mean of the last {WINDOW} training returns, median and range over {len(SEEDS)} seeds"
             plot_curves(os.path.join(out, f"{task}.png"), title, [("environment steps", series)], "return")
