@@ -172,12 +172,12 @@ def main(argv=None) -> None:
     grid = {algo: list(FACTORS) for algo in ALGOS}
     os.makedirs(out, exist_ok=True)
     if not args.report_only:
-        started, load = time.strftime("%Y-%m-%d %H:%M %Z"), load_average()
+        started, load, machine = time.strftime("%Y-%m-%d %H:%M %Z"), load_average(), machine_lines()  # the commit run
         run_grid(out, grid, args.beta, args.jobs)
         while extend(out, grid):
             run_grid(out, grid, args.beta, args.jobs)
         with open(os.path.join(out, "machine.md"), "a") as f:  # one entry per session that ran some of the sweep
-            f.write("\n".join(["", f"### {started} to {time.strftime('%Y-%m-%d %H:%M %Z')}", "", *machine_lines(),
+            f.write("\n".join(["", f"### {started} to {time.strftime('%Y-%m-%d %H:%M %Z')}", "", *machine,
                                f"- load average before: {load}", f"- `{command}`"]) + "\n")  # fmt: skip
     else:  # the grid as the sweep left it: every rate in --out
         grid = {algo: [float(d[1:]) for d in os.listdir(os.path.join(out, algo))] for algo in ALGOS}

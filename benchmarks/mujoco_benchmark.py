@@ -122,7 +122,7 @@ def report(jobs: list[Job], records: dict[int, dict], out: str, command: str) ->
             )
             series[NAMES[algo] if algo != "sb3-ppo" else "sb3 PPO"] = (grid, low, median, high)
         if series:
-            title = f"{task}: mean of the last {WINDOW} training returns, median and range over {len(SEEDS)} seeds"
+            title = f"{task}: mean of the last {WINDOW} returns, median and range of {len(SEEDS)} seeds"
             plot_curves(os.path.join(out, f"{task}.png"), title, [("environment steps", series)], "return")
     with open(os.path.join(out, "mujoco.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -143,11 +143,11 @@ def main(argv=None) -> None:
     if args.report_only:
         records = {i: r for i, job in enumerate(jobs) if (r := finished(job))}
     else:  # each run keeps episodes.csv, metrics.csv and run.json (model.pt and log.txt: .gitignore'd)
-        started, load = time.strftime("%Y-%m-%d %H:%M %Z"), load_average()
+        started, load, machine = time.strftime("%Y-%m-%d %H:%M %Z"), load_average(), machine_lines()  # the commit run
         print(f"{len(jobs)} runs into {out}, those that finished before kept; load average {load}", file=sys.stderr)
         records = run_all(jobs, args.jobs, args.run_timeout, fresh=False)
         with open(os.path.join(out, "machine.md"), "a") as f:  # one entry per session that ran some of the set
-            f.write("\n".join(["", f"### {started} to {time.strftime('%Y-%m-%d %H:%M %Z')}", "", *machine_lines(),
+            f.write("\n".join(["", f"### {started} to {time.strftime('%Y-%m-%d %H:%M %Z')}", "", *machine,
                                f"- load average before: {load}", f"- `{command}`"]) + "\n")  # fmt: skip
     print(report(jobs, records, out, command))
 
