@@ -112,10 +112,11 @@ def extend(out: str, grid: dict[str, list[float]]) -> bool:
     return grew
 
 
-def report(out: str, grid: dict[str, list[float]], command: str, beta: float) -> str:
+def report(out: str, grid: dict[str, list[float]], command: str, beta: float, redrawn: bool = False) -> str:
     """OUT/grpo_lr_sweep.md and OUT/grpo_lr_sweep.png; returns the markdown."""
     lines = ["## GRPO and Dr. GRPO, each at its best learning rate", "",
-             f"Produced by `{command}`; the machine and the commit: [machine.md](machine.md). Setting: "
+             f"Produced by `{command.replace(' --report-only', '')}`{' (redrawn with --report-only)' * redrawn}; the "
+             "machine and the commit: [machine.md](machine.md). Setting: "
              f"`{' '.join(setting(beta))}` for both scripts, seeds {SEEDS[0]} to {SEEDS[-1]}. Accuracy: greedy, on "
              "the 200 held-out prompts, median (worst) over the seeds. To 95%: the first update at or above it, "
              "median (slowest) over the seeds that reach it, and how many do. Lengths: tokens, EOS included, of the "
@@ -152,8 +153,8 @@ def report(out: str, grid: dict[str, list[float]], command: str, beta: float) ->
     for a in ALGOS:
         median, worst, best_seed = spread(list(at_best[a]["curves"]))
         series[f"{a}.py, lr {DEFAULT_LR * bests[a]:g}"] = (grid_x, worst, median, best_seed)
-    plot_curves(os.path.join(out, "grpo_lr_sweep.png"), "greedy held-out accuracy at each script's best rate: "
-                f"median, and the band from the worst to the best of {len(SEEDS)} seeds",
+    plot_curves(os.path.join(out, "grpo_lr_sweep.png"), f"accuracy at the best rates, beta {beta:g}: median, "
+                f"worst to best of {len(SEEDS)} seeds",
                 [("updates", series)], "accuracy", hline=THRESHOLD)  # fmt: skip
     with open(os.path.join(out, "grpo_lr_sweep.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -181,7 +182,7 @@ def main(argv=None) -> None:
                                f"- load average before: {load}", f"- `{command}`"]) + "\n")  # fmt: skip
     else:  # the grid as the sweep left it: every rate in --out
         grid = {algo: [float(d[1:]) for d in os.listdir(os.path.join(out, algo))] for algo in ALGOS}
-    print(report(out, grid, command, args.beta))
+    print(report(out, grid, command, args.beta, args.report_only))
 
 
 if __name__ == "__main__":

@@ -88,10 +88,11 @@ def final_return(returns: np.ndarray) -> float:
     return float(np.mean(returns[-WINDOW:])) if len(returns) else math.nan
 
 
-def report(jobs: list[Job], records: dict[int, dict], out: str, command: str) -> str:
+def report(jobs: list[Job], records: dict[int, dict], out: str, command: str, redrawn: bool = False) -> str:
     """out/mujoco.md and one figure per task, out/<task>.png; returns the markdown."""
     lines = ["## MuJoCo: ppo.py and SB3 PPO with the same hyperparameters, trpo.py", "",
-             f"Produced by `{command}`; the machine and the commit: [machine.md](machine.md). Final return: the mean "
+             f"Produced by `{command.replace(' --report-only', '')}`{' (redrawn with --report-only)' * redrawn}; the "
+             "machine and the commit: [machine.md](machine.md). Final return: the mean "
              f"of the last {WINDOW} training episodes of a run; median and range over the seeds. Seconds: process "
              "launch to exit, median over the seeds; ours / SB3: the ratio of the medians, from the same interleaved "
              "run.", ""]  # fmt: skip
@@ -149,7 +150,7 @@ def main(argv=None) -> None:
         with open(os.path.join(out, "machine.md"), "a") as f:  # one entry per session that ran some of the set
             f.write("\n".join(["", f"### {started} to {time.strftime('%Y-%m-%d %H:%M %Z')}", "", *machine,
                                f"- load average before: {load}", f"- `{command}`"]) + "\n")  # fmt: skip
-    print(report(jobs, records, out, command))
+    print(report(jobs, records, out, command, args.report_only))
 
 
 if __name__ == "__main__":
