@@ -1,7 +1,7 @@
 """grpo.py's benchmark: greedy accuracy on the held-out prompts against updates and wall-clock seconds,
 for several seeds, and the mean completion length of correct and incorrect completions over training.
 
-    python benchmarks/grpo_benchmark.py --seeds 1 2 3 --total-updates 300 --out benchmarks/results/grpo
+    python benchmarks/grpo_benchmark.py --seeds 1 2 3 4 5 6 7 8 9 10 --total-updates 300 --out benchmarks/results/grpo
 
 Each seed runs `python grpo.py --seed S --total-updates N --run-dir <tmp>` to its end, one after another.
 Seconds are measured from launching the process (Python start-up and imports included) to the moment a

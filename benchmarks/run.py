@@ -90,7 +90,12 @@ PLAN = [
 ]  # fmt: skip
 QUICK = {"tasks": ["CartPole-v1"], "seeds": [1, 2], "algos": ["reinforce", "actor_critic", "ppo", "sb3-ppo", "sb3-a2c"]}
 GRPO_SEEDS = [1, 2, 3, 4, 5]  # --full: python benchmarks/grpo_vs_dr_grpo.py --seeds 1 2 3 4 5 --out OUT/grpo_vs_dr_grpo
-GRPO_BENCHMARK = ["--seeds", "1", "2", "3", "--total-updates", "300"]  # --full: grpo_benchmark.py ... --out OUT/grpo
+GRPO_BENCHMARK = [
+    "--seeds",
+    *map(str, range(1, 11)),
+    "--total-updates",
+    "300",
+]  # --full: grpo_benchmark.py ... OUT/grpo
 
 
 @dataclass(frozen=True)
