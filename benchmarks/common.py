@@ -219,6 +219,14 @@ def fmt(x, digits: int = 1, missing: str = "-") -> str:
     return f"{x:.{digits}f}"
 
 
+def write_report(path: str, lines: list[str]) -> str:
+    """The report's lines written to path as one markdown file; returns its text."""
+    text = "\n".join(lines)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    return text
+
+
 def load_average() -> str:
     try:
         with open("/proc/loadavg") as f:

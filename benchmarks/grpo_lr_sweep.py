@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import ROOT, load_average, machine_lines, plot_curves, read_rows, run_command, spread
+from common import ROOT, load_average, machine_lines, plot_curves, read_rows, run_command, spread, write_report
 from grpo_vs_dr_grpo import SETTING
 
 ALGOS = ("grpo", "dr_grpo")
@@ -156,9 +156,7 @@ def report(out: str, grid: dict[str, list[float]], command: str, beta: float, re
     plot_curves(os.path.join(out, "grpo_lr_sweep.png"), f"accuracy at the best rates, beta {beta:g}: median, "
                 f"worst to best of {len(SEEDS)} seeds",
                 [("updates", series)], "accuracy", hline=THRESHOLD)  # fmt: skip
-    with open(os.path.join(out, "grpo_lr_sweep.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return "\n".join(lines)
+    return write_report(os.path.join(out, "grpo_lr_sweep.md"), lines)
 
 
 def main(argv=None) -> None:

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from common import ROOT, fmt, load_average, machine_lines, read_rows, run_command, spread
+from common import ROOT, fmt, load_average, machine_lines, read_rows, run_command, spread, write_report
 
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from exact import conditional_advantages  # noqa: E402  (the tests' closed form of E[A_i | r_i])
@@ -263,9 +263,7 @@ def main() -> None:
     lines += ["", f"{len(jobs)} runs, {args.jobs} at a time, {elapsed:.0f} s in all, {when}; load average "
               f"(1, 5, 15 min) before {load_before}, after {load_average()}. Machine:", ""]  # fmt: skip
     lines += machine_lines()
-    with open(os.path.join(args.out, "grpo_vs_dr_grpo.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_report(os.path.join(args.out, "grpo_vs_dr_grpo.md"), lines))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from common import (
     read_episodes,
     rolling_mean,
     spread,
+    write_report,
 )
 from run import Job, finished, run_all
 
@@ -125,9 +126,7 @@ def report(jobs: list[Job], records: dict[int, dict], out: str, command: str, re
         if series:
             title = f"{task}: mean of the last {WINDOW} returns, median and range of {len(SEEDS)} seeds"
             plot_curves(os.path.join(out, f"{task}.png"), title, [("environment steps", series)], "return")
-    with open(os.path.join(out, "mujoco.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return "\n".join(lines)
+    return write_report(os.path.join(out, "mujoco.md"), lines)
 
 
 def main(argv=None) -> None:

@@ -56,6 +56,7 @@ from common import (
     rolling_mean,
     run_command,
     solve_index,
+    write_report,
 )
 
 # ================================================================================================
@@ -337,8 +338,7 @@ def task_report(task: str, jobs: list[Job], records: dict[int, dict], command: s
     except ImportError:
         lines += ["", "(no figure: matplotlib is not installed; `pip install -r benchmarks/requirements.txt`)"]
     lines += ["", f"Produced by `{command}`."]
-    with open(os.path.join(out, f"{task}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_report(os.path.join(out, f"{task}.md"), lines)
     return lines
 
 
